@@ -1,0 +1,57 @@
+"""Stains, the meaning of each image channel, and how users write them down."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .errors import DinolocError
+
+PROTEIN, NUCLEUS, MICROTUBULES, ER, OTHER = "protein", "nucleus", "microtubules", "er", "other"
+STAINS = (PROTEIN, NUCLEUS, MICROTUBULES, ER, OTHER)
+
+#: Kaggle/HPA channel order used by DINO4Cells: the protein is slot 1.
+HPA_SLOTS = (MICROTUBULES, PROTEIN, NUCLEUS, ER)
+#: Default stain -> colour slot of an ImageNet RGB model (the HPA composite convention).
+RGB_SLOTS = (MICROTUBULES, PROTEIN, NUCLEUS)
+#: HPA single-stain file suffixes (<id>_red.png ...).
+HPA_FILE_COLOURS = {"red": MICROTUBULES, "green": PROTEIN, "blue": NUCLEUS, "yellow": ER}
+
+
+def parse_channel_spec(spec: str, n_channels: int) -> tuple[str, ...]:
+    """``"protein=1,nucleus=0"`` -> the stain of every channel (unnamed channels are 'other')."""
+    stains = [OTHER] * n_channels
+    seen: set[str] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, index = part.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in STAINS or not index.strip().lstrip("-").isdigit():
+            raise DinolocError(
+                f"Cannot read the channel assignment {part!r}: write stain=channel pairs such as "
+                f"'protein=1,nucleus=0' with stains from {', '.join(STAINS)}."
+            )
+        channel = int(index)
+        if not 0 <= channel < n_channels:
+            raise DinolocError(
+                f"The channel assignment {part!r} names channel {channel}, but the image has "
+                f"{n_channels} channel(s), numbered 0 to {n_channels - 1}."
+            )
+        if name != OTHER and name in seen:
+            raise DinolocError(f"The stain {name!r} is assigned to two channels; give each stain one channel.")
+        seen.add(name)
+        stains[channel] = name
+    return tuple(stains)
+
+
+def validate_stains(stains: Sequence[str], n_channels: int, need_protein: bool = True) -> tuple[str, ...]:
+    stains = tuple(s.lower() for s in stains)
+    if len(stains) != n_channels:
+        raise DinolocError(f"{len(stains)} stain(s) given for an image with {n_channels} channel(s): name the stain of every channel.")
+    unknown = [s for s in stains if s not in STAINS]
+    if unknown:
+        raise DinolocError(f"Unknown stain(s) {unknown}: use {', '.join(STAINS)}.")
+    named = [s for s in stains if s != OTHER]
+    if len(named) != len(set(named)):
+        raise DinolocError("A stain is assigned to two channels; give each stain one channel.")
+    if need_protein and PROTEIN not in stains:
+        raise DinolocError("No channel is marked as the protein: say which channel holds the protein of interest (e.g. --channels protein=1,nucleus=0).")
+    return stains
