@@ -1,0 +1,1 @@
+"""napari widgets: they gather choices, start engine work off the main thread and show results."""
