@@ -1,0 +1,131 @@
+"""Many images through the pipeline, one at a time, so memory does not grow with their number."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence
+
+from .errors import DinolocError
+from .pipeline import Session
+from .progress import CancelToken, ProgressCallback, check_cancel
+
+
+@dataclass
+class ImageJob:
+    """One image to process: its file(s) and, optionally, its label image."""
+
+    source: object              # a path, or a list of per-stain paths
+    labels: Optional[Path] = None
+
+
+@dataclass
+class RunOptions:
+    stains: object = None                   # "protein=1,nucleus=0", a sequence, or None (from the file kind)
+    channel_axis: Optional[int] = None
+    segmentation: object = None             # SegmentationParams, or None for the defaults
+    embed: object = None                    # EmbedSettings, or None for the defaults
+    extra: dict = field(default_factory=dict)
+
+
+def image_jobs(paths: Sequence[str | Path], labels: Sequence[str | Path] = ()) -> list[ImageJob]:
+    """Group HPA per-stain files (<id>_red.png ...) into one image; pair label images in order."""
+    from .images import find_hpa_groups
+
+    sources = _group_sources([Path(p) for p in paths], find_hpa_groups)
+    if labels and len(labels) != len(sources):
+        raise DinolocError(
+            f"{len(labels)} label image(s) given for {len(sources)} image(s): give one label image per image, in the same order."
+        )
+    label_paths = [Path(p) for p in labels] or [None] * len(sources)
+    return [ImageJob(source, label) for source, label in zip(sources, label_paths)]
+
+
+def _group_sources(paths: list[Path], find_hpa_groups) -> list:
+    for path in paths:
+        if not path.exists():
+            raise DinolocError(f"Image not found: {path}. Check the path.")
+    groups = find_hpa_groups(paths)
+    grouped = {p for group in groups for p in group}
+    sources: list = [list(g) for g in groups]
+    sources += [p for p in paths if p not in grouped]
+    return sources
+
+
+def prepare_session(job: ImageJob, options: RunOptions, cache=None, progress: Optional[ProgressCallback] = None) -> Session:
+    """Load the image and find its cells (from the given label image, or by segmentation)."""
+    from .images import load_cell_image
+
+    session = Session(cache=cache)
+    session.set_image(load_cell_image(job.source, options.stains, channel_axis=options.channel_axis))
+    if job.labels is not None:
+        session.set_labels(read_label_image(job.labels))
+    else:
+        session.set_labels(session.segment(options.segmentation, progress=progress))
+    return session
+
+
+def read_label_image(path: Path):
+    import numpy as np
+
+    from .images import read_image
+
+    raw = read_image(path)
+    if raw.array.shape[0] != 1:
+        raise DinolocError(f"The label image {path} has {raw.array.shape[0]} channels; give a single-channel label image (one integer id per cell).")
+    labels = raw.array[0]
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.mod(labels, 1) == 0):
+            raise DinolocError(f"The label image {path} holds fractional values; give an integer label image (one id per cell).")
+        labels = labels.astype(np.int64)
+    return labels
+
+
+def iter_embedded_sessions(
+    jobs: Sequence[ImageJob],
+    options: RunOptions,
+    backbone,
+    cache=None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Iterator[Session]:
+    """Yield one session per image with cells and embeddings; earlier ones can then be dropped."""
+    from .embedding import EmbedSettings
+
+    settings = options.embed or EmbedSettings()
+    for job in jobs:
+        check_cancel(cancel)
+        session = prepare_session(job, options, cache=cache)
+        session.set_backbone(backbone)
+        session.set_embeddings(session.compute_embeddings(settings, progress=progress, cancel=cancel))
+        yield session
+
+
+def read_cell_classes(path: str | Path) -> dict[str, dict[int, str]]:
+    """An annotation CSV (columns image, label, class) -> {image name: {label: class}}.
+
+    Without an ``image`` column every row applies to any image (key "")."""
+    path = Path(path)
+    if not path.is_file():
+        raise DinolocError(f"Annotation file not found: {path}.")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"label", "class"} - set(reader.fieldnames or ())
+        if missing:
+            raise DinolocError(f"The annotation file {path} lacks the column(s) {sorted(missing)}: it needs label and class (and image for several images).")
+        table: dict[str, dict[int, str]] = {}
+        for number, row in enumerate(reader, start=2):
+            name = (row.get("class") or "").strip()
+            if not name:
+                continue
+            try:
+                label = int(float(row["label"]))
+            except ValueError:
+                raise DinolocError(f"{path}, line {number}: the label {row['label']!r} is not a cell id.") from None
+            table.setdefault((row.get("image") or "").strip(), {})[label] = name
+    return table
+
+
+def classes_for_image(cell_classes: Mapping[str, Mapping[int, str]], image_name: str) -> dict[int, str]:
+    return dict(cell_classes.get(image_name) or cell_classes.get("") or {})

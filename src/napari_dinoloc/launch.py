@@ -1,0 +1,14 @@
+"""Open napari with the plugin docked and the built-in sample loaded (README's main job)."""
+
+from __future__ import annotations
+
+
+def open_viewer_with_sample(run: bool = True):
+    import napari
+
+    viewer = napari.Viewer(title="napari-dinoloc")
+    viewer.open_sample("napari-dinoloc", "synthetic_field")
+    viewer.window.add_plugin_dock_widget("napari-dinoloc", "DINO localization")
+    if run:
+        napari.run()
+    return viewer
