@@ -10,6 +10,8 @@ kept (so colours and CSV columns stay stable across retraining). Every listed cl
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional, Sequence
 
@@ -127,6 +129,37 @@ def _class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before = 0
+
+
+@contextmanager
+def one_torch_thread(needed: bool = True):
+    """Run torch on one thread. Head matrices are small: extra threads gain little, and when the
+    cores are busy (a UMAP process, other jobs) spinning OpenMP threads made MLP training 5-40x
+    slower in our measurements. torch's thread count is process-wide: the first user saves it and
+    the last one restores it, so heads used from several threads at once leave it as it was."""
+    if not needed:  # kNN is numpy only: don't import torch for it
+        yield
+        return
+    import torch
+
+    global _threads_users, _threads_before
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_before)
+
+
 def _standardise_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(axis=0, dtype=np.float64)
     std = x.std(axis=0, dtype=np.float64)
@@ -143,12 +176,17 @@ class Head:
     kind: ClassVar[str] = ""
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    trains_with_torch: ClassVar[bool] = True
+    predicts_with_torch: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, class_names: Optional[Sequence[str]] = None, **params) -> None:
-        self.params = self._check_params({**self.defaults, **_known_params(self, params)})
+        try:
+            self.params = self._check_params({**self.defaults, **_known_params(self, params)})
+        except (TypeError, ValueError) as exc:
+            raise DinolocError(f"A setting of the {self.kind} head has the wrong type ({exc}); defaults: {self.defaults}.") from exc
         self.class_names: tuple[str, ...] = tuple(str(c) for c in class_names) if class_names is not None else ()
-        self.dim: Optional[int] = None
+        self.input_dim: Optional[int] = None  # embedding dimensions it was trained on
         self._requested_names = class_names is not None
 
     # -- training ------------------------------------------------------------------------------
@@ -163,9 +201,10 @@ class Head:
         """Train on checked inputs: y holds indices into class_names (a class may have 1 cell here,
         which cross-validation and low-shot curves need)."""
         check_cancel(cancel)
-        self.class_names = tuple(class_names)
-        self.dim = int(x.shape[1])
-        self._train(np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64), progress, cancel)
+        self.class_names, self.input_dim = tuple(class_names), None  # untrained until _train finishes
+        with one_torch_thread(self.trains_with_torch):
+            self._train(np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64), progress, cancel)
+        self.input_dim = int(x.shape[1])
         return self
 
     # -- prediction ------------------------------------------------------------------------------
@@ -174,7 +213,8 @@ class Head:
         x = self._check_inputs(vectors)
         if len(x) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        proba = np.asarray(self._proba(x), dtype=np.float64)
+        with one_torch_thread(self.predicts_with_torch):
+            proba = np.asarray(self._proba(x), dtype=np.float64)
         return (proba / proba.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def predict(self, vectors, labels=None) -> Predictions:
@@ -185,12 +225,12 @@ class Head:
         return Predictions(labels=labels, class_names=self.class_names, probabilities=self.predict_proba(x))
 
     def _check_inputs(self, vectors) -> np.ndarray:
-        if self.dim is None:
+        if self.input_dim is None:
             raise DinolocError(f"The {self.kind} head has not been trained yet: train it on annotated cells first.")
         x = as_vectors(vectors, allow_empty=True)
-        if x.shape[1] != self.dim:
+        if x.shape[1] != self.input_dim:
             raise DinolocError(
-                f"This {self.kind} head was trained on {self.dim}-dimensional embeddings, but these cells have "
+                f"This {self.kind} head was trained on {self.input_dim}-dimensional embeddings, but these cells have "
                 f"{x.shape[1]} dimensions: embed them with the same backbone, channel strategy and embedding type "
                 "as the training cells, or train a new head."
             )
@@ -198,15 +238,15 @@ class Head:
 
     # -- state -------------------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, np.ndarray], dict]:
-        if self.dim is None:
+        if self.input_dim is None:
             raise DinolocError(f"The {self.kind} head has not been trained yet: train it before saving.")
-        config = {"kind": self.kind, "class_names": list(self.class_names), "params": _jsonable(self.params), "dim": self.dim}
+        config = {"kind": self.kind, "class_names": list(self.class_names), "params": _jsonable(self.params), "input_dim": self.input_dim}
         return {k: np.ascontiguousarray(v) for k, v in self._tensors().items()}, config
 
     @classmethod
     def from_state(cls, tensors: Mapping[str, np.ndarray], config: Mapping) -> "Head":
         head = cls(class_names=config["class_names"], **config.get("params", {}))
-        head.dim = int(config["dim"])
+        head.input_dim = int(config["input_dim"])
         missing = sorted(set(head._tensor_names()) - set(tensors))
         if missing:
             raise DinolocError(f"The saved {cls.kind} head lacks the tensor(s) {missing}: the model file is damaged; train and save the model again.")
@@ -259,7 +299,8 @@ class KnnHead(Head):
     kind = "knn"
     description = "k nearest neighbours by cosine similarity, temperature-weighted votes; no training"
     paper = "Doron, Moutakanni et al., DINO4Cells (PLOS Comp Biol); Caron et al., DINO (ICCV 2021)"
-    defaults = {"k": 20, "temperature": 0.07, "seed": 0}
+    defaults = {"k": 20, "temperature": 0.07, "seed": 0}  # seed: every head takes one; kNN has no randomness
+    trains_with_torch = predicts_with_torch = False
     _chunk = 2048  # query rows per similarity block, bounds memory to chunk x training cells
 
     def _check_params(self, params):
@@ -316,7 +357,8 @@ class LogisticHead(Head):
     kind = "logistic"
     description = "multinomial logistic regression (linear probe) on standardised features, class-balanced, L2"
     paper = "Isselmann et al., SSL-pretrained models for protein localization (OpenCell, arXiv 2604.10970)"
-    defaults = {"C": 1.0, "max_iter": 500, "balanced": True, "seed": 0}
+    defaults = {"C": 1.0, "max_iter": 500, "balanced": True, "seed": 0}  # seed unused: L-BFGS from zeros is deterministic
+    predicts_with_torch = False  # a loaded model predicts without importing torch
 
     def _check_params(self, params):
         params = {"C": float(params["C"]), "max_iter": int(params["max_iter"]),
@@ -390,10 +432,10 @@ class MlpHead(Head):
     Differences from DINO4Cells, on purpose:
     - single-label softmax cross-entropy (our annotations give one class per cell; the paper used
       multilabel BCE on HPA's multi-class labels);
-    - lr 1e-3 for batch 64 instead of 1e-4 * batch / 256 (= 2.5e-5): the paper trained on tens of
+    - lr 1e-3 for batch 128 instead of 1e-4 * batch / 256 (= 5e-5): the paper trained on tens of
       thousands of cells; with the hundreds a user annotates, an epoch is a handful of steps and the
-      paper's rate would need thousands of epochs. 1e-3 with 150 epochs converges on a few hundred
-      cells in seconds on a CPU. AdamW, weight decay 0.04 and the cosine schedule are the paper's;
+      paper's rate would need thousands of epochs. 1e-3 for 100 epochs converges on a few hundred
+      cells in seconds on one CPU thread. AdamW, weight decay 0.04 and the cosine schedule are the paper's;
     - class-balanced loss weights (user annotations are rarely balanced).
     Seeded: initial weights, shuffling and dropout come from ``seed``, so a CPU run repeats exactly.
     """
@@ -401,7 +443,7 @@ class MlpHead(Head):
     kind = "mlp"
     description = "two-hidden-layer MLP (512, 256, dropout 0.5) on standardised features, AdamW + cosine schedule"
     paper = "Doron, Moutakanni et al., DINO4Cells (PLOS Comp Biol), classification head"
-    defaults = {"hidden": (512, 256), "dropout": 0.5, "epochs": 150, "batch_size": 64, "lr": 1e-3,
+    defaults = {"hidden": (512, 256), "dropout": 0.5, "epochs": 100, "batch_size": 128, "lr": 1e-3,
                 "weight_decay": 0.04, "balanced": True, "seed": 0}
 
     def _check_params(self, params):
@@ -477,7 +519,7 @@ class MlpHead(Head):
 
         self._mean, self._scale = tensors["scaler_mean"], tensors["scaler_scale"]
         with torch.random.fork_rng(devices=[]):  # building draws initial weights; keep the caller's RNG
-            self._net = self._build(self.dim, len(self.class_names))
+            self._net = self._build(self.input_dim, len(self.class_names))
         try:
             self._net.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("net.")})
         except RuntimeError as exc:

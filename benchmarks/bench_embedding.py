@@ -1,0 +1,171 @@
+"""Throughput of the embedding engine against the bare model and a naive per-cell loop.
+
+    /work/venv/bin/python benchmarks/bench_embedding.py            # full: 2048x2048 field, fp32 + bf16
+    /work/venv/bin/python benchmarks/bench_embedding.py --quick    # a small check that it all runs
+
+For each precision it prints cells/s of
+  engine  embed_cells on a synthetic field (crop + mask + normalise + embed, batched, prefetched),
+  bare    the model's forward on ready tensors, same batch size and precision,
+  naive   a per-cell loop: crop, normalise, forward with batch 1 in fp32,
+their ratios, the precision the engine actually used (after its fp32 agreement check), the peak
+RSS, and the seconds to embed every cell of the field. Default backbone 'random': ViT-S/16 at 224 px,
+the architecture and cost of dino-vits16, so no download is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from napari_dinoloc.core.backbones import load_backbone, normalize  # noqa: E402
+from napari_dinoloc.core.devices import autocast_dtype  # noqa: E402
+from napari_dinoloc.core.embedding import EmbedSettings, embed_cells  # noqa: E402
+from napari_dinoloc.core.images import make_cell_image  # noqa: E402
+from napari_dinoloc.core.segmentation import CellTable  # noqa: E402
+from napari_dinoloc.core.synthetic import make_field  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def autocast_context(device, precision):
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def bare_forward_rate(backbone, batch_size: int, batches: int, precision: str) -> float:
+    """Cells/s of forward_features + CLS on tensors already normalised and on the device."""
+    size = backbone.spec.input_size
+    x = torch.randn(batch_size, backbone.spec.in_chans, size, size, device=backbone.device)
+    with torch.inference_mode(), autocast_context(backbone.device, precision):
+        backbone.tokens(x)[:, 0].float().cpu()  # warm-up
+        start = time.perf_counter()
+        for _ in range(batches):
+            backbone.tokens(x)[:, 0].float().cpu()
+        return batches * batch_size / (time.perf_counter() - start)
+
+
+def naive_loop_rate(backbone, image, labels, table, cells: int) -> float:
+    """Cells/s of the obvious implementation: one cell at a time, fp32, crop with np.pad."""
+    size = backbone.spec.input_size
+    half = size // 2
+    padded = np.pad(image.data, ((0, 0), (half, half), (half, half)))
+    padded_labels = np.pad(labels, ((half, half), (half, half)))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(cells):
+            y, x = int(round(table.centroid_y[i])), int(round(table.centroid_x[i]))
+            crop = padded[:, y:y + size, x:x + size] * (padded_labels[y:y + size, x:x + size] == table.label[i])
+            rgb = torch.zeros(1, 3, size, size)
+            rgb[0, 1], rgb[0, 2] = torch.from_numpy(crop[1]), torch.from_numpy(crop[0])  # protein G, nucleus B
+            backbone.tokens(normalize(rgb, backbone.spec))[:, 0].numpy()
+    return cells / (time.perf_counter() - start)
+
+
+def engine_run(backbone, image, labels, table, batch_size: int, precision: str):
+    settings = EmbedSettings(batch_size=batch_size, precision=precision, device=str(backbone.device))
+    start = time.perf_counter()
+    result = embed_cells(image, labels, backbone, settings, table=table)
+    seconds = time.perf_counter() - start
+    return len(result) / seconds, seconds, result
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def first_cells(labels: np.ndarray, count: int) -> np.ndarray:
+    return np.where(labels <= count, labels, 0).astype(np.int32) if count else labels
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="random")
+    parser.add_argument("--field-size", type=int, default=2048, help="side of the synthetic field (pixels)")
+    parser.add_argument("--engine-cells", type=int, default=256, help="cells per engine run in the comparison")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bare-batches", type=int, default=4)
+    parser.add_argument("--naive-cells", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats; the best of each is reported "
+                                                              "(the machine may be shared)")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-full-field", action="store_true", help="skip timing every cell of the field")
+    parser.add_argument("--quick", action="store_true",
+                        help="512 px field, 32 cells, batch 16, 1 round, 2 bare batches, 4 naive cells")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.field_size, args.engine_cells, args.batch_size = 512, 32, 16
+        args.rounds, args.bare_batches, args.naive_cells = 1, 2, 4
+    return args
+
+
+def compare(args, backbone, image, labels, table) -> dict:
+    """Interleaved rounds of naive / bare / engine per precision; best rate of each."""
+    subset = first_cells(labels, args.engine_cells)
+    subset_table = CellTable.from_labels(subset)
+    best: dict = {}
+    used, vectors = {}, {}
+    for round_ in range(args.rounds):
+        rate = naive_loop_rate(backbone, image, labels, table, min(args.naive_cells, len(table)))
+        best["naive"] = max(best.get("naive", 0.0), rate)
+        for precision in args.precisions.split(","):
+            bare = bare_forward_rate(backbone, args.batch_size, args.bare_batches, precision)
+            engine, _, result = engine_run(backbone, image, subset, subset_table, args.batch_size, precision)
+            best[("bare", precision)] = max(best.get(("bare", precision), 0.0), bare)
+            best[("engine", precision)] = max(best.get(("engine", precision), 0.0), engine)
+            used[precision], vectors[precision] = result.signature["precision_used"], result.vectors
+            print(f"  round {round_ + 1} [{precision}] naive {rate:.2f}  bare {bare:.2f}  engine {engine:.2f} cells/s", flush=True)
+    return {"best": best, "used": used, "vectors": vectors, "cells": len(subset_table)}
+
+
+def report_comparison(args, outcome) -> None:
+    best, naive = outcome["best"], outcome["best"]["naive"]
+    print(f"naive per-cell loop (batch 1, fp32): {naive:.2f} cells/s")
+    reference = None
+    for precision in args.precisions.split(","):
+        engine, bare = best[("engine", precision)], best[("bare", precision)]
+        vectors = outcome["vectors"][precision]
+        agreement = ""
+        if reference is None:
+            reference = vectors
+        else:
+            agreement = f", min cosine to {args.precisions.split(',')[0]} {cosine_rows(reference, vectors).min():.5f}"
+        print(f"[{precision}] engine {engine:.2f} cells/s (ran in {outcome['used'][precision]}{agreement}) | "
+              f"bare forward {bare:.2f} | engine/bare {engine / bare:.2f} | engine/naive {engine / naive:.2f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    backbone = load_backbone(args.backbone, device=args.device)
+    start = time.perf_counter()
+    field = make_field(seed=0, shape=(args.field_size, args.field_size))
+    image = make_cell_image(field.image, field.stains, name="synthetic")
+    table = CellTable.from_labels(field.labels)
+    print(f"backbone {backbone.name} ({backbone.spec.input_size} px, {backbone.embed_dim} dims) on {backbone.device}, "
+          f"torch threads {torch.get_num_threads()}; field {args.field_size}x{args.field_size} with {len(table)} cells "
+          f"(made in {time.perf_counter() - start:.1f} s); batch {args.batch_size}; comparison on "
+          f"{min(args.engine_cells, len(table))} cells, best of {args.rounds} round(s)", flush=True)
+    report_comparison(args, compare(args, backbone, image, field.labels, table))
+    print(f"peak RSS {peak_rss_mb():.0f} MB")
+    if not args.no_full_field:
+        _, seconds, result = engine_run(backbone, image, field.labels, table, args.batch_size, "auto")
+        print(f"whole {args.field_size}x{args.field_size} field: {len(result)} cells embedded in {seconds:.1f} s "
+              f"(precision auto -> {result.signature['precision_used']}); peak RSS {peak_rss_mb():.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Layers the plugin shows, kept in step with the shared state.
+
+Cells are coloured by class through separate Labels layers that hold class ids (0 = background,
+class i -> i + 1) with a small ``DirectLabelColormap``: recolouring thousands of cell labels one
+by one is slow in napari (#6732). Per-cell numbers go to the cells layer's ``features`` (one row
+per cell, an explicit ``label`` column and napari's ``index`` column), assigned as a whole table
+so napari's events fire and hovering a cell shows its class and confidence in the status bar.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+CELLS = "cells"
+ANNOTATIONS = "annotations"
+PREDICTED = "predicted class"
+SELECTED = "selected cells"
+#: Layers the plugin makes: never offered as the user's own label image or channel.
+DERIVED_LAYERS = (ANNOTATIONS, PREDICTED, SELECTED)
+
+FIRST_FEATURES = ("index", "label", "predicted_class", "confidence", "user_label")
+
+
+# ---- pure helpers --------------------------------------------------------------------------------
+def class_colormap(colours: Sequence[str]):
+    """Class id i + 1 -> colours[i]; background and unknown ids transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    mapping = {0: "transparent", None: "transparent"}
+    mapping.update({i + 1: colour for i, colour in enumerate(colours)})
+    return DirectLabelColormap(color_dict=mapping)
+
+
+def class_id_image(labels: np.ndarray, cell_labels: Sequence[int], class_ids: Sequence[int]) -> np.ndarray:
+    """An image of class ids: every pixel of cell ``cell_labels[k]`` gets ``class_ids[k]``."""
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+    cell_labels = np.asarray(cell_labels, dtype=np.int64)
+    keep = cell_labels < len(lookup)
+    lookup[cell_labels[keep]] = np.asarray(class_ids, dtype=np.uint8)[keep]
+    return lookup[labels]
+
+
+def cell_features(session, user_labels: Mapping[int, str]):
+    """The per-cell table (docs/csv.md columns) as a DataFrame, most useful columns first."""
+    import pandas as pd
+
+    frame = pd.DataFrame(session.rows(user_labels))
+    frame.insert(0, "index", frame["label"])  # napari maps label values to rows through 'index'
+    first = [c for c in FIRST_FEATURES if c in frame.columns]
+    probabilities = [c for c in frame.columns if c.startswith("prob_")]
+    rest = [c for c in frame.columns if c not in first and c not in probabilities]
+    return frame[first + probabilities + rest]
+
+
+def colour_for(name: str, index: int, store) -> str:
+    from ..core.annotations import PALETTE
+
+    if store is not None and name in store.class_names:
+        return store.colour_of(name)
+    return PALETTE[index % len(PALETTE)]
+
+
+def find_layer(viewer, name: str):
+    """The Labels layer called ``name``, or None."""
+    from napari.layers import Labels
+
+    for layer in viewer.layers if viewer is not None else ():
+        if layer.name == name and isinstance(layer, Labels):
+            return layer
+    return None
+
+
+def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[str] = (), **properties):
+    """Update the Labels layer ``name`` (or add it just below the layers ``below``) with ``data``,
+    aligned with the layer ``like``."""
+    layer = find_layer(viewer, name)
+    if layer is None:
+        placement = {}
+        if like is not None:
+            placement = {"scale": tuple(like.scale)[-2:], "translate": tuple(like.translate)[-2:]}
+        layer = viewer.add_labels(data, name=name, **placement)
+        _place_below(viewer, name, *below)
+    else:
+        layer.data = data
+    for key, value in properties.items():  # not all are constructor arguments (contour)
+        setattr(layer, key, value)
+    return layer
+
+
+def remove_layer(viewer, name: str) -> None:
+    layer = find_layer(viewer, name)
+    if layer is not None:
+        viewer.layers.remove(layer)
+
+
+# ---- the presenter ---------------------------------------------------------------------------------
+class LayerPresenter:
+    """Keeps the cells, annotations, predicted class and selected cells layers in step with the state."""
+
+    def __init__(self, state):
+        self.state = state
+        state.cells_changed.connect(self.show_cells)
+        state.annotations_changed.connect(self.show_annotations)
+        state.predictions_changed.connect(self.show_predictions)
+        state.selection_changed.connect(self.show_selection)
+
+    @property
+    def viewer(self):
+        return self.state.viewer
+
+    def _like(self):
+        """The image layer the cells come from: new layers copy its scale and translate."""
+        names = self.state.image_layer_names
+        for layer in self.viewer.layers if self.viewer is not None else ():
+            if layer.name in names:
+                return layer
+        return None
+
+    def show_cells(self) -> None:
+        session, viewer = self.state.session, self.viewer
+        if viewer is None:
+            return
+        if session.labels is None:
+            for name in (PREDICTED, ANNOTATIONS, SELECTED):
+                remove_layer(viewer, name)
+            return
+        show_labels(viewer, CELLS, session.labels, like=self._like(), contour=1, opacity=0.8)
+        self.show_annotations()
+
+    def show_annotations(self) -> None:
+        session, store, viewer = self.state.session, self.state.annotations, self.viewer
+        if viewer is None or session.labels is None or store is None:
+            return
+        names = store.class_names
+        cells = store.annotations
+        ids = [names.index(name) + 1 for name in cells.values()]
+        image = class_id_image(session.labels, list(cells), ids)
+        layer = show_labels(viewer, ANNOTATIONS, image, like=self._like(), below=(CELLS,), contour=3, opacity=1.0,
+                            colormap=class_colormap([c.colour for c in store.classes]))
+        layer.features = _class_features(names)
+        self._refresh_cell_features()
+
+    def show_predictions(self) -> None:
+        session, viewer = self.state.session, self.viewer
+        if viewer is None:
+            return
+        predictions = session.predictions
+        if predictions is None or session.labels is None:
+            remove_layer(viewer, PREDICTED)
+            self._refresh_cell_features()
+            return
+        names = list(predictions.class_names)
+        colours = [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
+        image = class_id_image(session.labels, predictions.labels, predictions.predicted + 1)
+        layer = show_labels(viewer, PREDICTED, image, like=self._like(), below=(ANNOTATIONS, CELLS), opacity=0.45,
+                            colormap=class_colormap(colours))
+        layer.features = _class_features(names)
+        self._refresh_cell_features()
+        cells = find_layer(viewer, CELLS)
+        if cells is not None:
+            viewer.layers.selection.active = cells  # hovering a cell now shows its class and confidence
+
+    def show_selection(self, labels: list) -> None:
+        session, viewer = self.state.session, self.viewer
+        if viewer is None or session.labels is None:
+            return
+        if not labels and find_layer(viewer, SELECTED) is None:
+            return
+        mask = np.isin(session.labels, np.asarray(labels, dtype=session.labels.dtype)).astype(np.uint8)
+        show_labels(viewer, SELECTED, mask, like=self._like(), contour=2, opacity=1.0,
+                    colormap=class_colormap(["#ffffff"]))
+
+    def _refresh_cell_features(self) -> None:
+        layer = find_layer(self.viewer, CELLS)
+        if layer is not None and self.state.session.labels is not None and self.state.annotations is not None:
+            layer.features = cell_features(self.state.session, self.state.annotations.annotations)
+
+
+def _class_features(names: Sequence[str]):
+    """Features of a class-id layer, so hovering it names the class."""
+    import pandas as pd
+
+    return pd.DataFrame({"index": range(len(names) + 1), "class": ["", *names]})
+
+
+def _place_below(viewer, name: str, *above: str) -> None:
+    """Move layer ``name`` just below the lowest of the ``above`` layers present."""
+    layer = find_layer(viewer, name)
+    targets = [viewer.layers.index(l) for l in (find_layer(viewer, n) for n in above) if l is not None]
+    if layer is None or not targets:
+        return
+    index, target = viewer.layers.index(layer), min(targets)
+    if index > target:
+        viewer.layers.move(index, target)
+
+
+def optional_layer_path(layer) -> Optional[str]:
+    """The file a layer was read from, when napari knows it."""
+    source = getattr(layer, "source", None)
+    path = getattr(source, "path", None)
+    return str(path) if path else None

@@ -1,0 +1,366 @@
+"""Step 1: which layers make the image, which channel is which stain, and the cells."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from ..core.errors import DinolocError
+from ..core.stains import HPA_SLOTS, NUCLEUS, OTHER, PROTEIN, RGB_SLOTS, STAINS
+from ._layers import CELLS, DERIVED_LAYERS
+from ._workers import notify_info, notify_warning, reports_errors
+
+NOT_USED = "not used"
+SEPARATE_LAYERS = "Separate layers, one per stain"
+#: Words in a layer name that give away its stain (whole words, or word beginnings for the long ones).
+STAIN_HINTS = (
+    (NUCLEUS, ("nucle", "dapi", "hoechst", "dna", "blue", "draq", "h2b")),
+    (PROTEIN, ("protein", "gfp", "green", "target", "antibody", "mneon", "poi")),
+    ("microtubules", ("tubulin", "microtub", "red")),
+    ("er", ("er", "calnexin", "yellow", "endoplasmic")),
+)
+SHORT_HINT = 4  # hints this short must match a whole word ("er", "red"), not a word beginning
+
+
+# ---- pure helpers ----------------------------------------------------------------------------------
+def guess_stain(name: str) -> Optional[str]:
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    for stain, hints in STAIN_HINTS:
+        for hint in hints:
+            if any(w == hint or (len(hint) > SHORT_HINT and w.startswith(hint)) for w in words):
+                return stain
+    return None
+
+
+def guess_stains(names: Sequence[str], fallback: str = OTHER) -> list[str]:
+    """A stain per name, each stain at most once; unrecognised names get ``fallback``."""
+    stains, used = [], set()
+    for name in names:
+        stain = guess_stain(name)
+        stains.append(stain if stain and stain not in used else fallback)
+        used.add(stain)
+    return stains
+
+
+def default_channel_stains(n_channels: int) -> list[str]:
+    """Conventional orders: HPA (4 channels), RGB composites (3), nucleus + protein (2)."""
+    known = {4: list(HPA_SLOTS), 3: list(RGB_SLOTS), 2: [NUCLEUS, PROTEIN], 1: [PROTEIN]}
+    return known.get(n_channels, [OTHER] * n_channels)
+
+
+def channel_axis_guess(layer) -> int:
+    if getattr(layer, "rgb", False):
+        return layer.data.ndim - 1
+    return int(np.argmin(layer.data.shape))
+
+
+def layer_image_name(layer) -> str:
+    """The name for the CSV 'image' column: the sample's own name, the file stem, or the layer name."""
+    metadata = getattr(layer, "metadata", {}) or {}
+    if metadata.get("dinoloc_image_name"):
+        return str(metadata["dinoloc_image_name"])
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return Path(path).stem if path else layer.name
+
+
+def stack_layers(layers: Sequence) -> np.ndarray:
+    """2-D layers -> (C, Y, X); they must have the same size."""
+    shapes = {tuple(layer.data.shape) for layer in layers}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{layer.name} {tuple(layer.data.shape)}" for layer in layers)
+        raise DinolocError(f"The chosen layers differ in size ({sizes}): choose layers of the same field of view.")
+    return np.stack([np.asarray(layer.data) for layer in layers])
+
+
+def channels_first(layer, axis: int) -> np.ndarray:
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise DinolocError(
+            f"{layer.name} has {data.ndim} dimensions {data.shape}; napari-dinoloc needs channels × Y × X. "
+            "Keep one plane (e.g. layer context menu ▸ Split/Project), or open the channels as separate layers."
+        )
+    data = np.moveaxis(data, axis, 0)
+    if getattr(layer, "rgb", False) and data.shape[0] == 4:
+        data = data[:3]  # drop the alpha channel
+    return data
+
+
+def assemble(data: np.ndarray, stains: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Drop the channels marked 'not used'; a protein channel is required."""
+    keep = [i for i, stain in enumerate(stains) if stain != NOT_USED]
+    kept = [stains[i] for i in keep]
+    if PROTEIN not in kept:
+        raise DinolocError(
+            "No channel is marked as the protein: under Channels, set the stain of the channel that holds "
+            "your protein of interest to 'protein'."
+        )
+    named = [s for s in kept if s != OTHER]
+    if len(named) != len(set(named)):
+        twice = sorted({s for s in named if named.count(s) > 1})
+        raise DinolocError(f"The stain {', '.join(twice)} is set on two channels: give each stain one channel.")
+    return data[keep], kept
+
+
+# ---- the panel ---------------------------------------------------------------------------------
+@dataclass
+class ChannelRow:
+    key: str        # remembers the user's choice across refreshes
+    title: str
+    guess: str
+
+
+class ImagePanel(QWidget):
+    """Channels → stains, then segment or choose a label image; the result is the 'cells' layer."""
+
+    def __init__(self, state, runner, parent=None):
+        super().__init__(parent)
+        self.state, self.runner = state, runner
+        self._choices: dict[str, str] = {}  # row key -> stain the user chose
+        self._stain_boxes: list[tuple[str, QComboBox]] = []
+        self._build()
+        self._watch_layers()
+        self.refresh()
+
+    @property
+    def viewer(self):
+        return self.state.viewer
+
+    # ---- layout -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.source = QComboBox()
+        self.source.setToolTip("Where the channels come from: separate image layers (one per stain) or "
+                               "one multichannel layer.")
+        self.axis = QSpinBox()
+        self.axis.setToolTip("Which axis of the layer holds the channels.")
+        self.axis_label = QLabel("Channel axis")
+        self.channels = QFormLayout()
+        self.channels.setContentsMargins(0, 0, 0, 0)
+        self.nucleus_diameter = _spin(28.0, "Typical nucleus diameter in pixels (seeds one cell per nucleus).")
+        self.cell_diameter = _spin(56.0, "Typical cell diameter in pixels (how far cells grow from their nucleus).")
+        self.segment_button = QPushButton("Segment cells")
+        self.segment_button.setToolTip("Find nuclei, then grow each into its cell. Result: the 'cells' layer.")
+        self.labels_source = QComboBox()
+        self.labels_source.setToolTip("A label image you already have (0 = background, one id per cell).")
+        self.use_labels_button = QPushButton("Use these cells")
+
+        form = QFormLayout()
+        form.addRow("Image", self.source)
+        form.addRow(self.axis_label, self.axis)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addWidget(_caption("Stain of each channel"))
+        layout.addLayout(self.channels)
+        sizes = QFormLayout()
+        sizes.addRow("Nucleus diameter", self.nucleus_diameter)
+        sizes.addRow("Cell diameter", self.cell_diameter)
+        layout.addLayout(sizes)
+        layout.addWidget(self.segment_button)
+        existing = QHBoxLayout()
+        existing.addWidget(QLabel("or labels"))
+        existing.addWidget(self.labels_source, 1)
+        existing.addWidget(self.use_labels_button)
+        layout.addLayout(existing)
+
+        self.source.currentIndexChanged.connect(lambda _=None: self._on_source_changed())
+        self.axis.valueChanged.connect(lambda _=None: self._rebuild_channels())
+        self.segment_button.clicked.connect(lambda _=False: self.segment())
+        self.use_labels_button.clicked.connect(lambda _=False: self.use_labels_layer())
+
+    def _watch_layers(self) -> None:
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.moved):
+            event.connect(self._on_layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._on_layers_changed)
+
+    def _on_layers_changed(self, event=None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        self.refresh()
+
+    # ---- reading the viewer -----------------------------------------------------------------------
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _plane_layers(self):
+        return [layer for layer in self._image_layers() if layer.data.ndim == 2 and not layer.rgb]
+
+    def _stack_layers(self):
+        return [layer for layer in self._image_layers() if layer.data.ndim == 3]
+
+    def _label_layers(self):
+        from napari.layers import Labels
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels) and layer.name not in DERIVED_LAYERS]
+
+    def _chosen_stack(self):
+        name = self.source.currentText()
+        return next((layer for layer in self._stack_layers() if layer.name == name), None)
+
+    # ---- refreshing the controls --------------------------------------------------------------------
+    def refresh(self) -> None:
+        planes, stacks = self._plane_layers(), self._stack_layers()
+        options = ([SEPARATE_LAYERS] if planes or not stacks else []) + [layer.name for layer in stacks]
+        preferred = stacks[0].name if stacks and len(planes) < 2 else SEPARATE_LAYERS
+        _set_items(self.source, options, keep=self.source.currentText() or preferred)
+        cells = [layer.name for layer in self._label_layers()]
+        _set_items(self.labels_source, cells, keep=self.labels_source.currentText() or _preferred_labels(cells))
+        self.use_labels_button.setEnabled(bool(cells))
+        self._on_source_changed()
+
+    def _on_source_changed(self) -> None:
+        stack = self._chosen_stack()
+        self.axis.setVisible(stack is not None)
+        self.axis_label.setVisible(stack is not None)
+        if stack is not None:
+            self.axis.blockSignals(True)
+            self.axis.setRange(0, stack.data.ndim - 1)
+            if self.axis.property("layer") != stack.name:
+                self.axis.setValue(channel_axis_guess(stack))
+                self.axis.setProperty("layer", stack.name)
+            self.axis.blockSignals(False)
+        self._rebuild_channels()
+
+    def _rows(self) -> list[ChannelRow]:
+        stack = self._chosen_stack()
+        if stack is None:
+            names = [layer.name for layer in self._plane_layers()]
+            return [ChannelRow(f"layer:{n}", n, g) for n, g in zip(names, guess_stains(names, fallback=NOT_USED))]
+        n_channels = stack.data.shape[self.axis.value()]
+        names = (stack.metadata or {}).get("channel_names") or []
+        guesses = guess_stains(names) if len(names) == n_channels else default_channel_stains(n_channels)
+        return [ChannelRow(f"{stack.name}:{self.axis.value()}:{i}", f"channel {i}", g) for i, g in enumerate(guesses)]
+
+    def _rebuild_channels(self) -> None:
+        while self.channels.rowCount():
+            self.channels.removeRow(0)
+        self._stain_boxes = []
+        rows = self._rows()
+        if not rows:
+            self.channels.addRow(_caption("No image layer yet: open an image or File ▸ Open Sample ▸ napari-dinoloc."))
+        for row in rows:
+            box = QComboBox()
+            box.addItems([*STAINS, NOT_USED])
+            box.setCurrentText(self._choices.get(row.key, row.guess))
+            box.currentTextChanged.connect(lambda stain, key=row.key: self._choices.__setitem__(key, stain))
+            self.channels.addRow(row.title, box)
+            self._stain_boxes.append((row.key, box))
+
+    # ---- the image ----------------------------------------------------------------------------------
+    def stains(self) -> list[str]:
+        return [box.currentText() for _, box in self._stain_boxes]
+
+    def set_stains(self, stains: Sequence[str]) -> None:
+        for (_, box), stain in zip(self._stain_boxes, stains):
+            box.setCurrentText(stain)
+
+    def build_image(self):
+        """The CellImage the controls describe, plus its file and layers (main thread: it is quick)."""
+        from ..core.images import make_cell_image
+
+        stack = self._chosen_stack()
+        layers = [stack] if stack is not None else self._plane_layers()
+        if not layers:
+            raise DinolocError("There is no image layer: open an image (File ▸ Open) or the sample "
+                               "(File ▸ Open Sample ▸ napari-dinoloc), then say which channel is which stain.")
+        stains = self.stains()
+        if stack is not None:
+            data = channels_first(stack, self.axis.value())
+        else:
+            used = [layer for layer, stain in zip(layers, stains) if stain != NOT_USED]
+            layers = used or layers
+            data = stack_layers(layers)
+            stains = [stain for stain in stains if stain != NOT_USED] or stains
+        data, stains = assemble(data, stains)
+        main = layers[stains.index(PROTEIN)] if stack is None else stack
+        image = make_cell_image(data, stains, layer_image_name(main))
+        path = getattr(getattr(main, "source", None), "path", None)
+        defaults = (main.metadata or {}).get("dinoloc_class_names", ())
+        return image, (str(path) if path else None), [layer.name for layer in layers], list(defaults)
+
+    def apply_image(self) -> None:
+        image, path, layer_names, defaults = self.build_image()
+        if self.state.use_image(image, path, layer_names, defaults):
+            store = self.state.annotations
+            for note in image.notes:
+                notify_info(note)
+            if store is not None and store.notice:
+                (notify_warning if store.notice_is_warning else notify_info)(store.notice)
+
+    # ---- the cells ------------------------------------------------------------------------------------
+    @reports_errors("Segmenting cells")
+    def segment(self) -> None:
+        from ..core.segmentation import SegmentationParams
+
+        if not self.runner.ensure_idle():
+            return
+        self.apply_image()
+        params = SegmentationParams(nucleus_diameter=self.nucleus_diameter.value(),
+                                    cell_diameter=self.cell_diameter.value())
+        session, image = self.state.session, self.state.session.image
+        self.runner.run(
+            "Segmenting cells",
+            lambda progress, cancel: session.segment(params, progress=progress),
+            lambda labels: self._cells_found(image, labels),
+        )
+
+    @reports_errors("Using the label image")
+    def use_labels_layer(self) -> None:
+        if not self.runner.ensure_idle():
+            return
+        name = self.labels_source.currentText()
+        layer = next((layer for layer in self._label_layers() if layer.name == name), None)
+        if layer is None:
+            raise DinolocError("There is no label image to use: segment the cells or open a label image first.")
+        self.apply_image()
+        self._cells_found(self.state.session.image, np.asarray(layer.data))
+
+    def _cells_found(self, image, labels: np.ndarray) -> None:
+        if self.state.session.image is not image:
+            notify_warning("The image changed while the cells were being found: segment again.")
+            return
+        report = self.state.use_labels(labels)
+        text = f"{len(self.state.session.table)} cells."
+        if report is not None and (report.restored or report.lost or report.merged):
+            text += " " + report.message()
+        notify_info(text)
+
+
+def _preferred_labels(names: Sequence[str]) -> str:
+    return CELLS if CELLS in names else (names[0] if names else "")
+
+
+def _set_items(box: QComboBox, items: Sequence[str], keep: str) -> None:
+    box.blockSignals(True)
+    box.clear()
+    box.addItems(list(items))
+    if keep in items:
+        box.setCurrentText(keep)
+    box.blockSignals(False)
+
+
+def _spin(value: float, tip: str) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(2.0, 2000.0)
+    spin.setDecimals(0)
+    spin.setSuffix(" px")
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+def _caption(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: gray;")
+    return label

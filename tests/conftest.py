@@ -1,0 +1,24 @@
+"""Shared pytest fixtures. Keep only fixtures used by more than one test file here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from napari_dinoloc.core.synthetic import SyntheticField, make_field
+
+
+@pytest.fixture(scope="session")
+def synthetic_field() -> SyntheticField:
+    """A small seeded field (2 channels: nucleus, protein) with ground-truth cells and classes."""
+    return make_field(seed=0, shape=(384, 384))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real example images in ../shared/data (beside the repository); skipped when absent."""
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not folder.is_dir():
+        pytest.skip("../shared/data is absent")
+    return folder
