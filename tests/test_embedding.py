@@ -187,7 +187,18 @@ def test_bf16_is_kept_when_it_agrees_with_fp32(backbone):
     assert np.abs(fp32.vectors - bf16.vectors).max() > 0  # it really ran in bf16
 
 
-def test_bf16_falls_back_to_fp32_when_it_disagrees(backbone, monkeypatch):
+def test_precision_is_checked_once_per_backbone(counted, backbone):
+    backbone.precision_checks.clear()
+    image, labels, settings = make_image(), make_labels(), replace(SETTINGS, precision="bf16")
+    embed_cells(image, labels, backbone, settings)
+    assert counted.calls == 3 + 1  # 9 cells in batches of 4, plus the first batch again in fp32
+    counted.calls = 0
+    again = embed_cells(make_image(seed=2), labels, backbone, settings)
+    assert counted.calls == 3 and again.signature["precision_used"] == "bf16"
+
+
+def test_bf16_falls_back_to_fp32_when_it_disagrees(monkeypatch):
+    backbone = load_backbone("random-tiny", device="cpu")  # fresh: no earlier precision check
     real = type(backbone).tokens.__get__(backbone)
 
     def degraded(x):  # what a model with bf16 overflow would do
@@ -201,6 +212,8 @@ def test_bf16_falls_back_to_fp32_when_it_disagrees(backbone, monkeypatch):
         fell_back = embed_cells(image, labels, backbone, replace(SETTINGS, precision="bf16"))
     assert fell_back.signature["precision_used"] == "fp32"
     np.testing.assert_allclose(fell_back.vectors, fp32.vectors, atol=1e-6)
+    again = embed_cells(make_image(seed=3), labels, backbone, replace(SETTINGS, precision="bf16"))
+    assert again.signature["precision_used"] == "fp32"  # the failed check is remembered
 
 
 def test_embedder_resizes_crops_to_the_input_size(backbone):

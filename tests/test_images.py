@@ -69,6 +69,16 @@ def test_4d_tiff_without_axes_needs_the_channel_axis(tmp_path):
     assert any("maximum projection" in n for n in raw.notes)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_four_channel_tiff_keeps_all_channels(tmp_path, dtype):
+    # tifffile stores a 4-channel CYX array as planar "RGBA": the 4th channel is data, not alpha.
+    array = np.random.default_rng(5).integers(1, 250, size=(4, 20, 24)).astype(dtype)
+    tifffile.imwrite(tmp_path / "four.tif", array)
+    raw = read_image(tmp_path / "four.tif")
+    np.testing.assert_array_equal(raw.array, array)
+    assert raw.default_stains is None
+
+
 def test_a_2d_image_is_one_channel(tmp_path):
     plane = two_channel_uint16()[0]
     tifffile.imwrite(tmp_path / "plane.tif", plane)

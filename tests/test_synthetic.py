@@ -80,7 +80,7 @@ def test_classes_and_cell_count_can_be_chosen():
 
 
 def test_large_field_is_fast():
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other jobs on a shared machine do not count
     field = make_field(seed=2, shape=(1024, 1024))
-    assert time.perf_counter() - start < 4.0  # ~0.7 s here; 2048 x 2048 takes ~3 s
+    assert time.process_time() - start < 4.0  # ~0.7 s here; 2048 x 2048 takes ~3 s
     assert field.labels.max() > 100

@@ -201,8 +201,7 @@ def _prediction_model(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .core.evaluation import cross_validate, low_shot_curve
-    from .core.evaluation_report import write_report
+    from .core.evaluation import cross_validate, low_shot_curve, write_report
 
     vectors, classes, _ = _training_set(args, _embedded_sessions(args))
     evaluation = cross_validate(args.head, vectors, classes, folds=args.folds, seed=args.seed, progress=TextProgress())
@@ -211,7 +210,7 @@ def cmd_evaluate(args) -> int:
     if args.fractions:
         curve = low_shot_curve(args.head, vectors, classes, fractions=args.fractions, folds=args.folds, seed=args.seed)
         for point in curve:
-            print(f"fraction {point['fraction']:.3f}: macro-F1 {point['macro_f1']:.3f} ± {point.get('macro_f1_std', 0):.3f}")
+            print(f"fraction {point['fraction']:.3f}: macro-F1 {point['macro_f1_mean']:.3f} ± {point['macro_f1_std']:.3f} ({point['train_cells']:.0f} training cells)")
     if args.out_dir:
         for path in write_report(args.out_dir, {"frozen": evaluation}, curve):
             print(path)

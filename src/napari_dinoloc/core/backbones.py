@@ -121,6 +121,8 @@ class LoadedBackbone:
     weights_hash: str
     embed_dim: int
     device: Any  # torch.device
+    #: reduced-precision checks already passed or failed with this model: see embedding.Embedder
+    precision_checks: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:

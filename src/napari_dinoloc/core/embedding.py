@@ -91,6 +91,13 @@ class Embedder:
         self.autocast = autocast_dtype(backbone.device, self.settings.precision)
         self.precision_used: str | None = "fp32" if self.autocast is None else None  # decided on the first batch
         self.min_cosine: float | None = None
+        if self.autocast is not None and self._check_key() in backbone.precision_checks:
+            # checked on an earlier image with this backbone: do not pay an extra fp32 batch per image
+            self.precision_used, self.min_cosine = backbone.precision_checks[self._check_key()]
+
+    def _check_key(self) -> tuple:
+        s = self.settings
+        return (self.backbone.device.type, str(self.autocast), s.strategy, s.embedding, s.input_size)
 
     def output_dim(self, stains: Sequence[str]) -> int:
         per_view = self.backbone.embed_dim * (2 if self.settings.embedding == "cls+mean" else 1)
@@ -148,13 +155,13 @@ class Embedder:
         reference = self._pooled(x, None)
         reduced = self._pooled(x, self.autocast)
         self.min_cosine = float(torch.nn.functional.cosine_similarity(reference, reduced, dim=1).min())
-        if self.min_cosine >= MIN_COSINE:
-            self.precision_used = _PRECISION_NAMES[str(self.autocast).replace("torch.", "")]
-            return reduced
-        warnings.warn(f"{self.settings.precision} results differ from fp32 (cosine {self.min_cosine:.4f} < {MIN_COSINE}); "
-                      "running in fp32.", RuntimeWarning, stacklevel=3)
-        self.precision_used = "fp32"
-        return reference
+        agrees = self.min_cosine >= MIN_COSINE
+        self.precision_used = _PRECISION_NAMES[str(self.autocast).replace("torch.", "")] if agrees else "fp32"
+        self.backbone.precision_checks[self._check_key()] = (self.precision_used, self.min_cosine)
+        if not agrees:
+            warnings.warn(f"{self.settings.precision} results differ from fp32 (cosine {self.min_cosine:.4f} < {MIN_COSINE}); "
+                          "running in fp32.", RuntimeWarning, stacklevel=3)
+        return reduced if agrees else reference
 
 
 def pool_tokens(tokens, embedding: str, num_prefix_tokens: int):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -133,15 +133,15 @@ def _index_of(names: Sequence[str], class_names: tuple[str, ...], what: str) -> 
 # --------------------------------------------------------------------------------------------
 # Cross-validation
 # --------------------------------------------------------------------------------------------
-def _stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedKFold
 
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(y)), y))
 
 
-def _usable_folds(folds: int, class_names: tuple[str, ...], y: np.ndarray) -> tuple[int, list[str]]:
-    """Every held-out fold needs a cell of every class, so folds <= the smallest class size."""
+def usable_folds(folds: int, class_names: tuple[str, ...], y: np.ndarray) -> tuple[int, list[str]]:
+    """(folds to use, notes): every held-out fold needs a cell of every class, so folds <= the smallest class size."""
     if int(folds) < 2:
         raise DinolocError(f"Cross-validation needs at least 2 folds, not {folds}.")
     counts = np.bincount(y, minlength=len(class_names))
@@ -153,11 +153,14 @@ def _usable_folds(folds: int, class_names: tuple[str, ...], y: np.ndarray) -> tu
     return int(counts[smallest]), [note]
 
 
+_stratified_folds, _usable_folds = stratified_folds, usable_folds  # older names, used by finetune.py
+
+
 def _prepare(vectors, classes, folds: int, seed: int, class_names):
     x = as_vectors(vectors)
     names, y = encode_classes(classes, len(x), class_names)
-    folds, notes = _usable_folds(folds, names, y)
-    return x, names, y, _stratified_folds(y, folds, seed), notes
+    folds, notes = usable_folds(folds, names, y)
+    return x, names, y, stratified_folds(y, folds, seed), notes
 
 
 def _step_progress(progress: Optional[ProgressCallback], step: int, n_steps: int, what: str):
@@ -170,7 +173,10 @@ def _step_progress(progress: Optional[ProgressCallback], step: int, n_steps: int
 def cross_validate(kind: str, vectors, classes: Sequence[str], folds: int = 5, seed: int = 0,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                    class_names: Optional[Sequence[str]] = None, **head_params) -> Evaluation:
-    """Stratified k-fold cross-validation of a head; scores pool the out-of-fold predictions of all cells."""
+    """Stratified k-fold cross-validation of a head; scores pool the out-of-fold predictions of all cells.
+
+    ``seed`` draws the folds and, unless ``head_params`` has its own, seeds the head."""
+    head_params.setdefault("seed", seed)
     make_head(kind, class_names, **head_params)  # bad settings fail before any work
     x, names, y, splits, notes = _prepare(vectors, classes, folds, seed, class_names)
     predicted = np.empty(len(y), dtype=np.int64)
@@ -213,7 +219,8 @@ def low_shot_curve(kind: str, vectors, classes: Sequence[str], fractions: Sequen
     (at least one cell per class), as in the OpenCell paper's low-shot curves.
 
     Returns one dict per fraction (ascending): fraction, train_cells (mean over folds),
-    macro_f1_mean, macro_f1_std, fold_macro_f1 (list), folds, notes (list)."""
+    macro_f1_mean (also as macro_f1), macro_f1_std, fold_macro_f1 (list), folds, notes (list). ``seed`` as in cross_validate."""
+    head_params.setdefault("seed", seed)
     make_head(kind, class_names, **head_params)
     fractions = _check_fractions(fractions)
     x, names, y, splits, notes = _prepare(vectors, classes, folds, seed, class_names)
@@ -295,3 +302,17 @@ def plot_low_shot(curve: Sequence[dict], path) -> Path:
     axes.set_ylabel("macro F1 (held-out folds)")
     axes.grid(alpha=0.3)
     return _save_png(figure, path)
+
+
+def write_report(outdir, evaluations: Mapping[str, Evaluation], curve: Optional[Sequence[dict]] = None) -> list[Path]:
+    """``report.json`` plus a confusion-matrix PNG per evaluation (and the low-shot curve)."""
+    from .files import write_json_atomic
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = [plot_confusion(evaluation, outdir / f"confusion_{name}.png") for name, evaluation in evaluations.items()]
+    if curve:
+        written.append(plot_low_shot(curve, outdir / "low_shot.png"))
+    report_path = outdir / "report.json"
+    write_json_atomic(report_path, {"evaluations": {n: e.to_dict() for n, e in evaluations.items()}, "low_shot": list(curve or [])})
+    return [report_path, *written]

@@ -36,15 +36,15 @@ from .augment import AugmentSettings, augment_crops
 from .embedding import EmbedSettings, Embedder, pool_tokens
 from .errors import DinolocError
 from .files import hash_array
-from .heads import Head, encode_classes, make_head, train_head
+from .heads import MIN_CELLS_PER_CLASS, Head, as_vectors, encode_classes, make_head
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
 LEVELS = ("head", "last-blocks", "full")
 #: on_epoch(epoch, train_loss, val_f1): after every epoch, for a live plot.
 EpochCallback = Callable[[int, float, float], None]
 FINETUNED_HASH_PREFIX = "finetuned:"
-import os
-PROBE_SCALE = float(os.environ.get("PS", "1"))
+WARMUP_EPOCHS = 1  # linear learning-rate warm-up: the first steps see the largest, least reliable gradients
+CLIP_NORM = 1.0  # gradient-norm clip: the probe's confident logits can give huge first gradients
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,6 +95,7 @@ class FinetuneResult:
     stains: tuple[str, ...]
     embed_settings: EmbedSettings  # resolved: crop and input sizes filled in
     settings: FinetuneSettings
+    validation: object = None  # evaluation.Evaluation on the validation cells (format_table() for a report)
 
 
 @dataclass
@@ -105,13 +106,14 @@ class CellSet:
     classes: np.ndarray  # (N,) class names
     stains: tuple[str, ...]
     origins: list[tuple[str, int]]  # (image name, cell label) of each crop
+    not_found: int = 0  # annotated labels that are no cell of their label image (skipped)
 
     def __len__(self) -> int:
         return len(self.classes)
 
     def subset(self, rows) -> "CellSet":
         rows = np.asarray(rows)
-        return CellSet(self.crops[rows], self.classes[rows], self.stains, [self.origins[i] for i in rows])
+        return CellSet(self.crops[rows], self.classes[rows], self.stains, [self.origins[i] for i in rows], self.not_found)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -143,11 +145,13 @@ def finetune(
 
 def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, settings: FinetuneSettings,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                   on_epoch: Optional[EpochCallback] = None) -> FinetuneResult:
-    """``finetune`` on crops already collected (cross-validation reuses them across folds)."""
+                   on_epoch: Optional[EpochCallback] = None, class_names: Optional[Sequence[str]] = None,
+                   min_cells: int = MIN_CELLS_PER_CLASS) -> FinetuneResult:
+    """``finetune`` on crops already collected (cross-validation reuses them across folds, with the
+    full class list and ``min_cells=1``: a fold may hold a single cell of a rare class)."""
     settings = settings.checked()
     embed_settings = embed_settings.resolved(backbone)
-    class_names, y = check_annotations(cells)
+    class_names, y = check_annotations(cells, class_names, min_cells)
     train, val = stratified_split(y, settings.val_fraction, settings.seed)
     state, history, training_metrics = None, [], {}
     if settings.level != "head":
@@ -156,14 +160,16 @@ def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, sett
         state = trainer.state_dict()
         del trainer  # the training copy of the model is no longer needed
     tuned = apply_finetuned(backbone, state)
-    vectors = embed_cell_crops(tuned, embed_settings, cells, progress, cancel)
-    metrics = {**validation_metrics(vectors, cells.classes, class_names, train, val, settings), **training_metrics}
-    head = train_head(settings.head_kind, vectors, list(cells.classes), class_names=class_names, seed=settings.seed)
+    vectors = as_vectors(embed_cell_crops(tuned, embed_settings, cells, progress, cancel))
+    validation = validate_head(vectors, y, class_names, train, val, settings)
+    metrics = {**validation.to_dict(), "level": settings.level, "train_cells": int(len(train)),
+               "val_cells": int(len(val)), "annotations_not_found": cells.not_found, **training_metrics}
+    head = make_head(settings.head_kind, class_names, seed=settings.seed).fit_encoded(vectors, y, class_names)
     return FinetuneResult(
         level=settings.level, backbone_state=state,
         weights_hash=tuned.weights_hash, head=head, history=history, metrics=metrics, class_names=class_names,
         class_counts={name: int(np.sum(y == i)) for i, name in enumerate(class_names)},
-        stains=cells.stains, embed_settings=embed_settings, settings=settings,
+        stains=cells.stains, embed_settings=embed_settings, settings=settings, validation=validation,
     )
 
 
@@ -196,6 +202,32 @@ def state_hash(state: Mapping[str, object]) -> str:
         digest.update(name.encode())
         digest.update(hash_array(_as_numpy(state[name])).encode())
     return FINETUNED_HASH_PREFIX + digest.hexdigest()
+
+
+def finetune_bundle(result: FinetuneResult, backbone):
+    """The model bundle of a fine-tuning result: the head, the fine-tuned weights and how they were made.
+
+    ``weights_hash`` is the fine-tuned weights' hash (what ``apply_finetuned`` gives the loaded model);
+    ``extra["finetune"]["base_weights_hash"]`` names the weights fine-tuning started from.
+    """
+    from .bundle import ModelBundle
+
+    settings, embed = result.settings, result.embed_settings
+    extra = {"finetune": {"level": result.level, "base_weights_hash": backbone.weights_hash,
+                          "settings": _jsonable_settings(settings), "history": result.history}}
+    return ModelBundle(
+        head=result.head, backbone_name=backbone.name, weights_hash=result.weights_hash, stains=result.stains,
+        strategy=embed.strategy, embedding=embed.embedding, crop_size=embed.crop_size, input_size=embed.input_size,
+        normalization=backbone.spec.normalization, mask_background=embed.mask_background,
+        class_counts=dict(result.class_counts), metrics=dict(result.metrics), seed=settings.seed,
+        backbone_state=result.backbone_state, extra=extra,
+    )
+
+
+def _jsonable_settings(settings: FinetuneSettings) -> dict:
+    from dataclasses import asdict
+
+    return asdict(settings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +283,8 @@ def compare_frozen_vs_finetuned(
     tuned = np.empty(len(y), dtype=np.int64)
     for fold, (train, test) in enumerate(splits):
         fold_progress = _fold_progress(progress, fold, len(splits))
-        result = finetune_cells(cells.subset(train), backbone, embed_settings, settings, fold_progress, cancel)
+        result = finetune_cells(cells.subset(train), backbone, embed_settings, settings, fold_progress, cancel,
+                                class_names=class_names, min_cells=1)
         vectors = embed_cell_crops(apply_finetuned(backbone, result), embed_settings, cells.subset(test), cancel=cancel)
         tuned[test] = _class_index(result.head.predict_proba(vectors), result.class_names, class_names)
     seconds = {"frozen": frozen_seconds, "finetuned": time.perf_counter() - began}
@@ -294,26 +327,30 @@ def _fold_progress(progress, fold: int, folds: int):
 # ----------------------------------------------------------------------------------------------
 def collect_annotated_cells(image_cells, embed_settings: EmbedSettings, cancel: Optional[CancelToken] = None) -> CellSet:
     """Crops (as the engine makes them) of every annotated cell that exists in its label image."""
-    crops, classes, origins, stains = [], [], [], None
+    crops, classes, origins, stains, not_found = [], [], [], None, 0
     for image, labels, annotations in image_cells:
         check_cancel(cancel)
         stains = stains or tuple(image.stains)
         order = _channel_order(image.stains, stains, image.name)
-        for label, crop, name in _annotated_crops(image, labels, annotations, embed_settings):
+        wanted = {int(label): str(name).strip() for label, name in annotations.items() if name and str(name).strip()}
+        found = 0
+        for label, crop in _crops_of(image, labels, wanted, embed_settings):
             crops.append(crop[order])
-            classes.append(name)
+            classes.append(wanted[label])
             origins.append((image.name, label))
+            found += 1
+        not_found += len(wanted) - found
     if not crops:
         raise DinolocError("No annotated cells: give at least two classes a few annotated cells each "
                            "(their labels must be cells of the label image), then fine-tune.")
-    return CellSet(np.stack(crops), np.asarray(classes, dtype=object), stains, origins)
+    return CellSet(np.stack(crops), np.asarray(classes, dtype=object), stains, origins, not_found)
 
 
-def _annotated_crops(image, labels, annotations: Mapping[int, str], embed_settings: EmbedSettings):
+def _crops_of(image, labels, wanted: Mapping[int, str], embed_settings: EmbedSettings):
+    """(label, crop) of the cells in ``wanted`` that exist in ``labels``, cropped as ``embed_cells`` crops them."""
     from .crops import iter_cell_crops
     from .segmentation import CellTable
 
-    wanted = {int(label): str(name).strip() for label, name in annotations.items() if name and str(name).strip()}
     table = CellTable.from_labels(labels)
     rows = np.flatnonzero(np.isin(table.label, list(wanted)))
     if len(rows) == 0:
@@ -322,7 +359,7 @@ def _annotated_crops(image, labels, annotations: Mapping[int, str], embed_settin
                               embed_settings.mask_background, embed_settings.batch_size)
     for ids, batch in batches:
         for label, crop in zip(ids, batch):
-            yield int(label), crop, wanted[int(label)]
+            yield int(label), crop
 
 
 def _table_rows(table, rows):
@@ -343,9 +380,10 @@ def _channel_order(stains: Sequence[str], reference: tuple[str, ...], name: str)
     return [stains.index(s) for s in reference]
 
 
-def check_annotations(cells: CellSet) -> tuple[tuple[str, ...], np.ndarray]:
-    """Class order and index per cell; a DinolocError for one class or a class with fewer than 2 cells."""
-    return encode_classes(list(cells.classes), len(cells.classes))
+def check_annotations(cells: CellSet, class_names: Optional[Sequence[str]] = None,
+                      min_cells: int = MIN_CELLS_PER_CLASS) -> tuple[tuple[str, ...], np.ndarray]:
+    """Class order and index per cell; a DinolocError for one class or a class with too few cells."""
+    return encode_classes(list(cells.classes), len(cells.classes), class_names, min_cells)
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -357,7 +395,10 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
         n_val = min(max(1, int(round(val_fraction * len(rows)))), len(rows) - 1)
         val.append(rows[:n_val])
         train.append(rows[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    val = np.sort(np.concatenate(val))
+    if len(val) == 0:
+        raise DinolocError("Too few annotated cells to keep some for validation: annotate at least 2 cells of a class.")
+    return np.sort(np.concatenate(train)), val
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,14 +416,13 @@ def embed_cell_crops(backbone, embed_settings: EmbedSettings, cells: CellSet, pr
     return np.concatenate(parts)
 
 
-def validation_metrics(vectors, classes, class_names, train, val, settings: FinetuneSettings) -> dict:
-    """Scores on the held-out validation cells of a head fitted on the training cells only."""
-    from .evaluation import evaluate_predictions
+def validate_head(vectors, y, class_names, train, val, settings: FinetuneSettings):
+    """Evaluation on the held-out validation cells of a head fitted on the training cells only."""
+    from .evaluation import confusion_matrix, evaluation_from_confusion
 
-    head = train_head(settings.head_kind, vectors[train], list(classes[train]), class_names=class_names, seed=settings.seed)
-    predicted = head.predict(vectors[val]).predicted_names
-    evaluation = evaluate_predictions(list(classes[val]), list(predicted), class_names)
-    return {**evaluation.to_dict(), "level": settings.level, "train_cells": int(len(train)), "val_cells": int(len(val))}
+    head = make_head(settings.head_kind, class_names, seed=settings.seed).fit_encoded(vectors[train], y[train], class_names)
+    predicted = head.predict_proba(vectors[val]).argmax(axis=1)
+    return evaluation_from_confusion(class_names, confusion_matrix(y[val], predicted, len(class_names)))
 
 
 def macro_f1(true_index: np.ndarray, predicted_index: np.ndarray, n_classes: int) -> float:
@@ -434,8 +474,8 @@ class Trainer:
         tensors, _ = probe.to_state()
         self.classifier = torch.nn.Linear(frozen.shape[1], len(self.class_names))
         with torch.no_grad():
-            self.classifier.weight.copy_(torch.from_numpy(tensors["weight"]) * PROBE_SCALE)
-            self.classifier.bias.copy_(torch.from_numpy(tensors["bias"]) * PROBE_SCALE)
+            self.classifier.weight.copy_(torch.from_numpy(tensors["weight"]))
+            self.classifier.bias.copy_(torch.from_numpy(tensors["bias"]))
         self.classifier.to(self.device)
         # the probe's standardisation stays fixed: it keeps the linear layer well conditioned
         self.feature_mean = torch.from_numpy(tensors["scaler_mean"]).to(self.device)
@@ -451,13 +491,14 @@ class Trainer:
         return np.concatenate(parts)
 
     # -- optimisation ---------------------------------------------------------------------------
-    def build_optimiser(self, steps: int) -> None:
+    def build_optimiser(self, steps_per_epoch: int) -> None:
         import torch
 
         groups = parameter_groups(self.backbone.model, self.trainable, self.settings)
-        groups += [{"params": [p for p in self.classifier.parameters()], "lr": self.settings.head_lr, "weight_decay": 0.0}]
+        groups += [{"params": list(self.classifier.parameters()), "lr": self.settings.head_lr, "weight_decay": 0.0}]
         self.optimiser = torch.optim.AdamW(groups, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimiser, T_max=max(steps, 1))
+        schedule = warmup_cosine(WARMUP_EPOCHS * steps_per_epoch, self.settings.epochs * steps_per_epoch)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, schedule)
 
     def accumulate(self, crops: np.ndarray, targets) -> float:
         """Gradients of the mean loss over ``crops``, summed over micro-batches of ``micro_batch`` cells."""
@@ -475,6 +516,8 @@ class Trainer:
 
     def step(self, crops: np.ndarray, targets) -> float:
         """One optimiser step; on out-of-memory the micro-batch is halved and the step retried."""
+        import torch
+
         while True:
             try:
                 loss = self.accumulate(crops, targets)
@@ -483,6 +526,7 @@ class Trainer:
                 if not is_out_of_memory(exc):
                     raise
                 self._shrink_micro_batch(exc)
+        torch.nn.utils.clip_grad_norm_(self._parameters(), CLIP_NORM)
         self.optimiser.step()
         self.schedule.step()
         return loss
@@ -506,7 +550,7 @@ class Trainer:
         with seeded(self.settings.seed, self.device):
             generator = torch.Generator().manual_seed(self.settings.seed)
             self.init_classifier(train, cancel)
-            self.build_optimiser(self.settings.epochs * math.ceil(len(train) / self.settings.batch_size))
+            self.build_optimiser(math.ceil(len(train) / self.settings.batch_size))
             best = EarlyStopping(self.settings.patience, *self.validate(val), self.snapshot())
             history = []
             for epoch in range(1, self.settings.epochs + 1):
@@ -538,6 +582,8 @@ class Trainer:
             losses.append(self.step(crops.numpy(), targets) * len(rows))
             report(progress, (epoch - 1) * len(batches) + number, self.settings.epochs * len(batches),
                    f"Fine-tuning: epoch {epoch} of {self.settings.epochs}")
+        if not all(np.isfinite(losses)):
+            raise DinolocError("Fine-tuning diverged (the loss is not a number): lower the learning rate (--lr, --head-lr).")
         val_f1, val_loss = self.validate(val)
         return {"epoch": epoch, "train_loss": float(sum(losses) / len(train)), "val_loss": val_loss,
                 "val_f1": val_f1, "seconds": time.perf_counter() - began, "micro_batch": self.micro_batch}
@@ -631,6 +677,17 @@ def layer_index(name: str, depth: int) -> int:
     if name.startswith(("patch_embed", "cls_token", "pos_embed", "reg_token")):
         return 0
     return depth + 1
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """Learning-rate factor per step: linear warm-up, then cosine decay to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
 
 
 def balanced_order(y: np.ndarray, generator) -> np.ndarray:

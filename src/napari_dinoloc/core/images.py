@@ -198,6 +198,8 @@ def tiff_rgb_kind(array: np.ndarray, axes: str, photometric: int, contiguous: bo
     is_rgb = photometric == 2 and contiguous and array.dtype == np.uint8
     if not is_rgb or array.ndim != 3 or axes[-1] != "S" or array.shape[-1] not in (3, 4):
         return None
+    if array.shape[-1] == 4 and array[..., 3].min() != array[..., 3].max():
+        return None  # a varying 4th channel is likely data, not transparency: keep all four
     return "rgb" if array.shape[-1] == 3 else "rgba"
 
 
@@ -222,13 +224,7 @@ def rgb_to_raw(array: np.ndarray, rgb_kind: str, name: str, notes: list[str]) ->
     """(Y, X, 3|4) colour composite -> channels first; grey images saved as RGB become one channel."""
     notes = list(notes)
     if rgb_kind == "rgba":
-        alpha = array[..., 3]
-        if array.dtype != np.uint8 or alpha.min() == alpha.max():
-            array = array[..., :3]
-            notes.append("Alpha (transparency) channel dropped.")
-        else:
-            # A varying 4th channel in a TIFF is likely data, not transparency: keep it.
-            return RawImage(np.moveaxis(array, -1, 0), name, tuple(notes), None)
+        notes.append("Alpha (transparency) channel dropped.")
     cyx = np.moveaxis(array[..., :3], -1, 0)
     if np.array_equal(cyx[0], cyx[1]) and np.array_equal(cyx[0], cyx[2]):
         notes.append("The red, green and blue channels are identical: read as one grey channel.")

@@ -121,13 +121,13 @@ class Session:
         self._require_embeddings()
         if not self._head_fits(head):
             raise DinolocError(
-                f"The classifier was trained on {head.input_dim}-dimensional embeddings, these have "
+                f"The classifier was trained on {_head_dim(head)}-dimensional embeddings, these have "
                 f"{self.embeddings.vectors.shape[1]}: train it again on the current embeddings or use the backbone and strategy it was made with."
             )
         return head.predict(self.embeddings.vectors, self.embeddings.labels)
 
     def _head_fits(self, head) -> bool:
-        dim = getattr(head, "input_dim", None)
+        dim = _head_dim(head)
         return dim is None or self.embeddings is None or dim == self.embeddings.vectors.shape[1]
 
     # ---- results --------------------------------------------------------------------------
@@ -159,3 +159,8 @@ class Session:
         self._require_cells()
         if self.embeddings is None:
             raise DinolocError("No embeddings yet: embed the cells first.")
+
+
+def _head_dim(head):
+    """The embedding size a head was trained on (heads.Head calls it ``dim``)."""
+    return getattr(head, "input_dim", getattr(head, "dim", None))

@@ -8,6 +8,7 @@ Cellpose) give a label image instead; :func:`prepare_labels` checks it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -15,6 +16,9 @@ from scipy import ndimage as ndi
 from .errors import DinolocError
 from .progress import ProgressCallback, report
 from .stains import ER, MICROTUBULES, NUCLEUS, PROTEIN
+
+if TYPE_CHECKING:
+    from .images import CellImage
 
 #: Stains tried, in order, to grow cells from their nuclei when none is chosen.
 CYTOPLASM_STAINS = (MICROTUBULES, ER, PROTEIN)
@@ -52,8 +56,10 @@ class SegmentationParams:
         return max(4, int(0.25 * np.pi * (self.nucleus_diameter / 2) ** 2))
 
 
-def segment_cells(image, params: SegmentationParams = SegmentationParams(), progress: ProgressCallback | None = None) -> np.ndarray:
-    """(Y, X) int32 cell labels 1..N of a :class:`~napari_dinoloc.core.images.CellImage`."""
+def segment_cells(
+    image: "CellImage", params: SegmentationParams = SegmentationParams(), progress: ProgressCallback | None = None
+) -> np.ndarray:
+    """(Y, X) int32 cell labels 1..N (0 = background), one cell per nucleus found."""
     nucleus = image.channel(NUCLEUS)
     if nucleus is None:
         raise DinolocError(
@@ -88,7 +94,7 @@ def no_cells_found(name: str, params: SegmentationParams, what: str, nucleus: np
     )
 
 
-def cytoplasm_channel(image, params: SegmentationParams) -> np.ndarray | None:
+def cytoplasm_channel(image: "CellImage", params: SegmentationParams) -> np.ndarray | None:
     if params.cytoplasm_stain is not None:
         channel = image.channel(params.cytoplasm_stain)
         if channel is None:

@@ -282,7 +282,7 @@ class UmapRunner:
 
     def shutdown(self) -> None:
         self._closed = True
-        self._stop_worker()
+        self.stop_worker()
 
     # -- internals
     def _run_job(self, request: tuple, progress, cancel) -> np.ndarray:
@@ -320,7 +320,7 @@ class UmapRunner:
     def _wait_for_answer(self, worker: _WorkerProcess, job_id: int, progress, cancel):
         while True:
             if cancel is not None and cancel.cancelled or self._closed:
-                self._stop_worker()  # a fit cannot be interrupted any other way
+                self.stop_worker()  # a fit cannot be interrupted any other way
                 self._rewarm_later()
                 raise Cancelled("UMAP cancelled.")
             try:
@@ -348,7 +348,8 @@ class UmapRunner:
         if not self._closed:
             self.warm_up()
 
-    def _stop_worker(self) -> None:
+    def stop_worker(self) -> None:
+        """Kill the worker process (a running job raises); the next job starts a new one."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.kill()  # it holds no state worth a graceful exit

@@ -33,6 +33,13 @@ def class_colormap(colours: Sequence[str]):
     return DirectLabelColormap(color_dict=mapping)
 
 
+def outline_colormap(colour: str = "#ffffff"):
+    """Every cell the same colour: for the cells layer's outlines."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={0: "transparent", None: colour})
+
+
 def class_id_image(labels: np.ndarray, cell_labels: Sequence[int], class_ids: Sequence[int]) -> np.ndarray:
     """An image of class ids: every pixel of cell ``cell_labels[k]`` gets ``class_ids[k]``."""
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
@@ -72,9 +79,10 @@ def find_layer(viewer, name: str):
     return None
 
 
-def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[str] = (), **properties):
-    """Update the Labels layer ``name`` (or add it just below the layers ``below``) with ``data``,
-    aligned with the layer ``like``."""
+def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[str] = (), colormap=None,
+                **first_time):
+    """Update the Labels layer ``name`` with ``data`` (one refresh), or add it just below the layers
+    ``below``, aligned with the layer ``like``, with the properties ``first_time``."""
     layer = find_layer(viewer, name)
     if layer is None:
         placement = {}
@@ -82,11 +90,24 @@ def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[
             placement = {"scale": tuple(like.scale)[-2:], "translate": tuple(like.translate)[-2:]}
         layer = viewer.add_labels(data, name=name, **placement)
         _place_below(viewer, name, *below)
-    else:
-        layer.data = data
-    for key, value in properties.items():  # not all are constructor arguments (contour)
-        setattr(layer, key, value)
+        for key, value in first_time.items():  # not all are constructor arguments (contour)
+            setattr(layer, key, value)
+        if colormap is not None:
+            layer.colormap = colormap
+        return layer
+    if colormap is not None:
+        layer.colormap = colormap
+    layer.data = data
     return layer
+
+
+def cell_outlines(labels: np.ndarray, width: int = 2) -> np.ndarray:
+    """True on the inner rim (``width`` pixels) of every cell. Computed once per segmentation, so
+    recolouring outlines on every click needs no contour computation (slow on large images)."""
+    from scipy import ndimage as ndi
+
+    footprint = ndi.iterate_structure(ndi.generate_binary_structure(2, 1), width)
+    return (labels > 0) & (ndi.grey_erosion(labels, footprint=footprint) != ndi.grey_dilation(labels, footprint=footprint))
 
 
 def remove_layer(viewer, name: str) -> None:
@@ -101,6 +122,8 @@ class LayerPresenter:
 
     def __init__(self, state):
         self.state = state
+        self._outline = None           # rims of the current cells
+        self._colours: dict[str, tuple] = {}  # colours of each class layer's current colormap
         state.cells_changed.connect(self.show_cells)
         state.annotations_changed.connect(self.show_annotations)
         state.predictions_changed.connect(self.show_predictions)
@@ -126,19 +149,23 @@ class LayerPresenter:
             for name in (PREDICTED, ANNOTATIONS, SELECTED):
                 remove_layer(viewer, name)
             return
-        show_labels(viewer, CELLS, session.labels, like=self._like(), contour=1, opacity=0.8)
+        self._outline = cell_outlines(session.labels)
+        self._colours = {}
+        # Thin neutral outlines: class colours (annotations, predictions) stay the only colours.
+        cells = show_labels(viewer, CELLS, session.labels, like=self._like(), colormap=outline_colormap(),
+                            contour=1, opacity=0.5)
         self.show_annotations()
+        viewer.layers.selection.active = cells  # hovering shows the cell's numbers; no paint tool armed
 
     def show_annotations(self) -> None:
         session, store, viewer = self.state.session, self.state.annotations, self.viewer
         if viewer is None or session.labels is None or store is None:
             return
-        names = store.class_names
-        cells = store.annotations
-        ids = [names.index(name) + 1 for name in cells.values()]
-        image = class_id_image(session.labels, list(cells), ids)
-        layer = show_labels(viewer, ANNOTATIONS, image, like=self._like(), below=(CELLS,), contour=3, opacity=1.0,
-                            colormap=class_colormap([c.colour for c in store.classes]))
+        names, cells = store.class_names, store.annotations
+        image = class_id_image(session.labels, list(cells), [names.index(name) + 1 for name in cells.values()])
+        image[~self._outline] = 0  # class-coloured rims: the protein inside stays visible
+        layer = show_labels(viewer, ANNOTATIONS, image, like=self._like(), below=(CELLS,), opacity=1.0,
+                            colormap=self._colormap_if_changed(ANNOTATIONS, [c.colour for c in store.classes]))
         layer.features = _class_features(names)
         self._refresh_cell_features()
 
@@ -154,8 +181,8 @@ class LayerPresenter:
         names = list(predictions.class_names)
         colours = [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
         image = class_id_image(session.labels, predictions.labels, predictions.predicted + 1)
-        layer = show_labels(viewer, PREDICTED, image, like=self._like(), below=(ANNOTATIONS, CELLS), opacity=0.45,
-                            colormap=class_colormap(colours))
+        layer = show_labels(viewer, PREDICTED, image, like=self._like(), below=(ANNOTATIONS, CELLS),
+                            colormap=self._colormap_if_changed(PREDICTED, colours), opacity=0.45)
         layer.features = _class_features(names)
         self._refresh_cell_features()
         cells = find_layer(viewer, CELLS)
@@ -168,9 +195,20 @@ class LayerPresenter:
             return
         if not labels and find_layer(viewer, SELECTED) is None:
             return
-        mask = np.isin(session.labels, np.asarray(labels, dtype=session.labels.dtype)).astype(np.uint8)
-        show_labels(viewer, SELECTED, mask, like=self._like(), contour=2, opacity=1.0,
-                    colormap=class_colormap(["#ffffff"]))
+        active = viewer.layers.selection.active
+        rims = class_id_image(session.labels, labels, [1] * len(labels))
+        rims[~self._outline] = 0
+        show_labels(viewer, SELECTED, rims, like=self._like(), colormap=self._colormap_if_changed(SELECTED, ["#ffffff"]),
+                    opacity=1.0)
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active  # a new layer takes the selection: give it back
+
+    def _colormap_if_changed(self, name: str, colours: Sequence[str]):
+        """A new colormap only when the colours changed (each colormap change redraws the layer)."""
+        if self._colours.get(name) == tuple(colours) and find_layer(self.viewer, name) is not None:
+            return None
+        self._colours[name] = tuple(colours)
+        return class_colormap(colours)
 
     def _refresh_cell_features(self) -> None:
         layer = find_layer(self.viewer, CELLS)

@@ -19,6 +19,7 @@ from ._workers import notify_info, report_error, reports_errors
 
 CLICK_TOLERANCE = 4  # canvas pixels a press may move and still count as a click, not a pan
 COLUMNS = ("Key", "", "Class", "Cells")
+HELP = "click a cell: give it the selected class, right-click: clear it, 1–9: select the class, drag: pan"
 
 
 class CellClicker:
@@ -48,6 +49,7 @@ class CellClicker:
             # Our layer active in pan/zoom mode: clicks never paint, and its 1–9 bindings win.
             self.viewer.layers.selection.active = cells
             cells.mode = "pan_zoom"
+            cells.help = HELP
 
     def disable(self) -> None:
         if not self.enabled:
@@ -61,6 +63,9 @@ class CellClicker:
         for target in self._key_targets():
             for key in KEYS:
                 target.bind_key(key, None)
+        cells = find_layer(viewer, CELLS)
+        if cells is not None and cells.help == HELP:
+            cells.help = ""
 
     def _key_targets(self):
         layers = [find_layer(self.viewer, name) for name in (CELLS, ANNOTATIONS, PREDICTED)]
@@ -72,18 +77,19 @@ class CellClicker:
 
         return pick
 
+    def watch_selection(self, cells_layer) -> None:
+        """Outside annotate mode a click on a cell selects it (shift-click: add or remove), so the
+        UMAP dock can highlight it."""
+        if self._on_select_press not in cells_layer.mouse_drag_callbacks:
+            cells_layer.mouse_drag_callbacks.append(self._on_select_press)
+
     def _on_press(self, viewer, event):
-        if event.button not in (1, 2) or event.modifiers:
-            return
-        position, start = tuple(event.position), np.asarray(event.pos, dtype=float)
-        erase = event.button == 2
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or np.linalg.norm(np.asarray(event.pos, dtype=float) - start) > CLICK_TOLERANCE
-            yield
-        if not moved:
-            self.click(position, erase)
+        if event.button in (1, 2) and not event.modifiers:
+            yield from _on_click(event, lambda position: self.click(position, erase=event.button == 2))
+
+    def _on_select_press(self, layer, event):
+        if not self.enabled and event.button == 1 and layer.mode == "pan_zoom":
+            yield from _on_click(event, lambda position: self.select(position, add="Shift" in event.modifiers))
 
     def click(self, world_position, erase: bool = False) -> Optional[int]:
         """Annotate the cell at ``world_position``; returns its label (None on background)."""
@@ -99,8 +105,18 @@ class CellClicker:
         except Exception as error:  # noqa: BLE001 - a failed save is reported, the viewer keeps running
             report_error("Annotating", error)
             return None
-        self.state.select_cells([label])
+        if label in self.state.selected:  # the white outline would hide the class colour
+            self.state.select_cells([other for other in self.state.selected if other != label])
         return label
+
+    def select(self, world_position, add: bool = False) -> None:
+        label = self.cell_at(world_position)
+        selected = list(self.state.selected) if add else []
+        if label and label in selected:
+            selected.remove(label)
+        elif label:
+            selected.append(label)
+        self.state.select_cells(selected)
 
     def cell_at(self, world_position) -> int:
         session = self.state.session
@@ -110,6 +126,19 @@ class CellClicker:
         y, x = np.round(cells.world_to_data(world_position)[-2:]).astype(int)
         height, width = session.labels.shape
         return int(session.labels[y, x]) if 0 <= y < height and 0 <= x < width else 0
+
+
+def _on_click(event, on_click):
+    """Drive a napari drag callback: call ``on_click(position)`` on release unless the mouse moved
+    (then it was a pan)."""
+    position, start = tuple(event.position), np.asarray(event.pos, dtype=float)
+    yield
+    moved = False
+    while event.type == "mouse_move":
+        moved = moved or np.linalg.norm(np.asarray(event.pos, dtype=float) - start) > CLICK_TOLERANCE
+        yield
+    if not moved:
+        on_click(position)
 
 
 class ClassTable(QTableWidget):
@@ -128,7 +157,7 @@ class ClassTable(QTableWidget):
             header.setSectionResizeMode(column, mode)
         self.setColumnWidth(1, 22)
         self.verticalHeader().setDefaultSectionSize(22)
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(24 + 22 * 4)
 
     def show_classes(self, store) -> None:
         self.blockSignals(True)
@@ -139,7 +168,7 @@ class ClassTable(QTableWidget):
         for row, cls in enumerate(classes):
             self.setItem(row, 0, _fixed(store.key_of(cls.name), Qt.AlignmentFlag.AlignCenter))
             swatch = _fixed("")
-            swatch.setBackground(QColor(cls.colour))
+            swatch.setIcon(colour_icon(cls.colour))  # an icon keeps its colour when the row is selected
             swatch.setToolTip("Double-click to change the colour")
             self.setItem(row, 1, swatch)
             name = QTableWidgetItem(cls.name)
@@ -148,6 +177,7 @@ class ClassTable(QTableWidget):
             self.setItem(row, 2, name)
             self.setItem(row, 3, _fixed(str(counts.get(cls.name, 0)), Qt.AlignmentFlag.AlignRight))
         names = [c.name for c in classes]
+        self.setFixedHeight(self.horizontalHeader().sizeHint().height() + 22 * min(max(len(names), 4), 10) + 4)
         self.select_name(current if current in names else (names[0] if names else None))
         self.blockSignals(False)
 
@@ -237,7 +267,11 @@ class AnnotatePanel(QWidget):
     def _on_cells_changed(self) -> None:
         if self.state.session.labels is None:
             self.annotate_button.setChecked(False)
-        elif self.clicker.enabled:  # new layers need the key bindings too
+            return
+        cells = find_layer(self.state.viewer, CELLS)
+        if cells is not None:
+            self.clicker.watch_selection(cells)
+        if self.clicker.enabled:  # new layers need the key bindings too
             self.clicker.disable()
             self.clicker.enable()
 
@@ -338,6 +372,16 @@ class AnnotatePanel(QWidget):
         extent = max(y1 - y0, x1 - x0, 1) * 4 * float(cells.scale[-1] if cells is not None else 1)
         size = min(viewer.window._qt_viewer.canvas.size) if hasattr(viewer.window, "_qt_viewer") else 600
         viewer.camera.zoom = max(viewer.camera.zoom, size / extent)
+
+
+def colour_icon(colour: str, size: int = 12):
+    from qtpy.QtGui import QIcon, QPixmap
+
+    pixmap = QPixmap(size, size)
+    pixmap.fill(QColor(colour))
+    icon = QIcon(pixmap)
+    icon.addPixmap(pixmap, QIcon.Mode.Selected)  # no selection tint: the colour stays readable
+    return icon
 
 
 def _fixed(text: str, align=None) -> QTableWidgetItem:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
 from ._layers import LayerPresenter
@@ -34,6 +35,7 @@ class DinolocWidget(QWidget):
         steps = QWidget()
         column = QVBoxLayout(steps)
         column.setContentsMargins(4, 4, 4, 4)
+        self.sections = []
         for title, panel in (("1 · Image and cells", self.image_panel), ("2 · Model and embeddings", self.model_panel),
                              ("3 · Annotate", self.annotate_panel), ("4 · Predict and export", self.predict_panel)):
             box = QGroupBox(title)
@@ -41,13 +43,20 @@ class DinolocWidget(QWidget):
             inner.setContentsMargins(6, 6, 6, 6)
             inner.addWidget(panel)
             column.addWidget(box)
+            self.sections.append(box)
         column.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(steps)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidget(steps)
+        # Wide enough for the steps and the scroll bar: nothing is ever cut off at the right.
+        self.scroll.setMinimumWidth(steps.sizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width())
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(scroll, 1)
+        layout.addWidget(self.scroll, 1)
         layout.addWidget(self.job_bar)
-        self.setMinimumWidth(360)
+
+    def show_step(self, index: int) -> None:
+        """Scroll step ``index`` (0-3) into view."""
+        self.scroll.ensureWidgetVisible(self.sections[index], 0, 0)

@@ -8,7 +8,6 @@ from typing import Optional
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
     QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
@@ -16,6 +15,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DinolocError
 from ._layers import colour_for
+from .annotate_panel import colour_icon
 from ._workers import notify_info, reports_errors
 
 BUNDLE = "bundle"
@@ -50,13 +50,13 @@ class Legend(QTableWidget):
         self.setRowCount(len(names))
         for row, (name, colour, count) in enumerate(zip(names, colours, counts)):
             swatch = QTableWidgetItem("")
-            swatch.setBackground(QColor(colour))
+            swatch.setIcon(colour_icon(colour))
             self.setItem(row, 0, swatch)
             self.setItem(row, 1, QTableWidgetItem(name))
             number = QTableWidgetItem(str(count))
             number.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
             self.setItem(row, 2, number)
-        header = self.horizontalHeader().height()
+        header = self.horizontalHeader().sizeHint().height()
         self.setFixedHeight(header + 20 * len(names) + 4)
         self.setVisible(bool(names))
 

@@ -30,6 +30,7 @@ from ._workers import JobBar, JobRunner, notify_warning
 BY_PREDICTION = "predicted class"
 BY_ANNOTATION = "annotation"
 UNASSIGNED_COLOUR = "#5c6370"
+UNASSIGNED_ALPHA = 0.55  # cells without a class stay in the background
 PICK_RADIUS_PIXELS = 8
 HINT = "Click a point to select its cell; drag a lasso to select several (Shift adds)."
 
@@ -208,7 +209,6 @@ class UmapWidget(QWidget):
         self.cell_labels = np.asarray(cell_labels, dtype=np.int64)
         self.layout_xy = np.asarray(layout_xy, dtype=np.float32).reshape(-1, 2)
         self.used_pca = 0 < len(self.cell_labels) and uses_pca_fallback(len(self.cell_labels))
-        self.points.set_offsets(self.layout_xy)
         self.points.set_sizes([point_size(len(self.layout_xy))])
         self.ring.set_sizes([point_size(len(self.layout_xy)) * 2.5 + 20])
         self._fit_limits()
@@ -247,10 +247,21 @@ class UmapWidget(QWidget):
         store = self.state.annotations
         names, order = point_classes(self.cell_labels, by, predictions, store.annotations if store else None)
         colours = class_colours(order, store)
-        self.points.set_facecolors([colours.get(name, UNASSIGNED_COLOUR) if name else UNASSIGNED_COLOUR for name in names])
+        self._paint_points(names, colours)
         self._legend_entries = self._legend_for(names, order, colours, unassigned_text(by, predictions is not None))
         self._draw_legend()
         self.canvas.draw_idle()
+
+    def _paint_points(self, names, colours: Mapping[str, str]) -> None:
+        """Cells without a class are drawn first and faint, so classed cells stay visible on top."""
+        from matplotlib.colors import to_rgba
+
+        assigned = np.array([name is not None for name in names], dtype=bool)
+        rgba = np.array([to_rgba(colours.get(name, UNASSIGNED_COLOUR)) if name else to_rgba(UNASSIGNED_COLOUR, UNASSIGNED_ALPHA)
+                         for name in names]).reshape(-1, 4)
+        order = np.argsort(assigned, kind="stable")
+        self.points.set_offsets(self.layout_xy[order])
+        self.points.set_facecolors(rgba[order])
 
     @staticmethod
     def _legend_for(names, order, colours, unassigned: str) -> list[tuple[str, str]]:
@@ -267,17 +278,17 @@ class UmapWidget(QWidget):
         return entries
 
     def _draw_legend(self) -> None:
-        old = self.ax.get_legend()
-        if old is not None:
-            old.remove()
+        """Below the plot (not over the points), two columns once there are several classes."""
+        for legend in list(self.figure.legends):
+            legend.remove()
         entries = self._legend_entries
         if not entries or len(self.cell_labels) == 0:
             return
         handles = [Line2D([], [], marker="o", linestyle="", markersize=6, markeredgewidth=0, color=colour, label=text)
                    for text, colour in entries]
-        self.ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.75, borderpad=0.4,
-                       handletextpad=0.2, labelspacing=0.25, facecolor=self.colours["foreground"],
-                       edgecolor=self.colours["secondary"], labelcolor=self.colours["text"])
+        self.figure.legend(handles=handles, loc="outside lower center", ncols=1 if len(handles) < 4 else 2,
+                           fontsize=7, frameon=False, handletextpad=0.2, labelspacing=0.25, columnspacing=1.0,
+                           labelcolor=self.colours["text"])
 
     def highlight(self, labels) -> None:
         """Ring the points of the cells ``labels`` (the viewer's selection)."""

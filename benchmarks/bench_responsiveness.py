@@ -1,0 +1,231 @@
+"""Does the napari window stay responsive while napari-dinoloc works?
+
+A QTimer ticks every 10 ms on the Qt event loop of a real napari viewer (with the main dock and
+the Cell UMAP dock); the longest interval between two ticks during each phase is the longest
+time the window could not repaint or react. Goal: < 0.25 s per phase.
+
+Phases: embedding the cells and training an MLP head (the main dock's job runner, napari worker
+threads), UMAP in the plugin's worker process (first call in a fresh process, which includes
+numba's compile, then warm), and for comparison UMAP run in a thread of the GUI process (which
+the plugin does not do: it is the measurement behind that choice).
+
+    xvfb-run -a /work/venv/bin/python benchmarks/bench_responsiveness.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch  # noqa: F401 - torch before Qt (napari convention)
+
+GOAL_SECONDS = 0.25
+TICK_MS = 10
+SETTLE_SECONDS = 1.5
+
+
+class GapRecorder:
+    """Longest interval between ticks of a 10 ms QTimer: how long the event loop was blocked."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(TICK_MS)
+        self.timer.timeout.connect(self._tick)
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def start(self) -> None:
+        self.gaps = []
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> float:
+        self.timer.stop()
+        self._tick()  # a block at the very end counts too
+        return max(self.gaps)
+
+
+def run_event_loop_until(done, timeout: float) -> None:
+    """Run the real Qt event loop (a nested QEventLoop) until ``done()`` or ``timeout``."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    deadline = time.perf_counter() + timeout
+    poll = QTimer()
+    poll.setInterval(20)
+    poll.timeout.connect(lambda: (done() or time.perf_counter() > deadline) and loop.quit())
+    poll.start()
+    loop.exec()
+    poll.stop()
+    if not done():
+        raise TimeoutError(f"the phase did not finish within {timeout:.0f} s")
+
+
+def measure(results: list, name: str, start, done, timeout: float = 600.0) -> None:
+    """Start a phase with ``start()``, run the event loop until ``done()``, record the max gap."""
+    run_event_loop_until(_after(SETTLE_SECONDS), SETTLE_SECONDS + 1)  # repaints due to the last phase
+    recorder = GapRecorder()
+    began = time.perf_counter()
+    recorder.start()
+    start()
+    run_event_loop_until(done, timeout)
+    max_gap = recorder.stop()
+    seconds = time.perf_counter() - began
+    results.append((name, seconds, max_gap, sum(gap > 0.1 for gap in recorder.gaps)))
+    print(f"  {name}: {seconds:.1f} s, longest gap {max_gap:.3f} s", flush=True)
+
+
+def run_job(runner, title: str, work, sink: dict):
+    """Start ``work`` in the main dock's job runner (a napari worker thread); result into ``sink``."""
+    def start():
+        if not runner.run(title, work, lambda result: sink.__setitem__(title, result)):
+            raise RuntimeError(f"could not start {title}")
+    return start
+
+
+def build_viewer(args):
+    import napari
+
+    from napari_dinoloc.core.images import make_cell_image
+    from napari_dinoloc.core.synthetic import make_field
+    from napari_dinoloc.widgets._state import state_for_viewer
+    from napari_dinoloc.widgets.dock import DinolocWidget
+    from napari_dinoloc.widgets.umap_panel import UmapWidget
+
+    field = make_field(seed=0, shape=(args.size, args.size))
+    viewer = napari.Viewer(show=True)
+    for i, stain in enumerate(field.stains):
+        viewer.add_image(field.image[i], name=stain, blending="additive")
+    main = DinolocWidget(viewer)
+    viewer.window.add_dock_widget(main, name="DINO localization", area="right")
+    umap_dock = UmapWidget(viewer)  # starts the UMAP worker's warm-up, as when the plugin opens
+    viewer.window.add_dock_widget(umap_dock, name="Cell UMAP", area="right")
+    state = state_for_viewer(viewer)
+    image = make_cell_image(field.image.astype("float32"), field.stains, "synthetic")
+    state.use_image(image, None, list(field.stains), list(field.class_names))
+    state.use_labels(field.labels)
+    return viewer, main, umap_dock, state, field
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny backbone, small field, no thread comparison")
+    args = parser.parse_args()
+    args.size = 512 if args.quick else 1024
+    args.backbone = "random-tiny" if args.quick else "random"
+    os.environ.setdefault("NAPARI_DINOLOC_HOME", tempfile.mkdtemp(prefix="dinoloc-bench-"))
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dinoloc.core.backbones import load_backbone
+    from napari_dinoloc.core.demo import choose_annotated
+    from napari_dinoloc.core.embedding import EmbedSettings, Embeddings, embed_cells
+
+    viewer, main_dock, umap_dock, state, field = build_viewer(args)
+    app = QApplication.instance()
+    results: list = []
+    sink: dict = {}
+    print(f"napari-dinoloc responsiveness: {args.backbone} backbone, {args.size}x{args.size} field, "
+          f"{int(field.labels.max())} cells, torch threads {torch.get_num_threads()}", flush=True)
+
+    idle_end: list = []
+    measure(results, "idle (baseline)", lambda: idle_end.append(time.perf_counter() + 1.0),
+            lambda: time.perf_counter() >= idle_end[0])
+
+    # UMAP first, in a new worker that was never warmed up: the job pays the start and the compile.
+    cold_umap_vectors(state)
+    umap_dock.umap_runner.warm_up().result()
+    umap_dock.umap_runner.stop_worker()
+    measure(results, "UMAP, first call in a fresh worker process", umap_dock.compute, lambda: not umap_dock.busy)
+
+    backbone = load_backbone(args.backbone, device="cpu")
+    session = state.session
+
+    def embed(progress, cancel):  # no cache: measure the work itself
+        return embed_cells(session.image, session.labels, backbone, EmbedSettings(device="cpu"),
+                           cache=None, progress=progress, cancel=cancel)
+
+    measure(results, "embedding the cells (worker thread)", run_job(main_dock.runner, "Embedding", embed, sink),
+            lambda: not main_dock.runner.busy)
+    state.use_embeddings(backbone, sink["Embedding"])
+    truth = {int(k): v for k, v in field.cell_class.items()}
+    for label, name in choose_annotated({k: v for k, v in truth.items() if k in set(session.embeddings.labels.tolist())}, 0.5).items():
+        state.annotate(label, name)
+
+    def train(progress, cancel):
+        return session.train_head("mlp", state.annotations.annotations, progress=progress, cancel=cancel)
+
+    measure(results, "training the MLP head (worker thread)", run_job(main_dock.runner, "Training", train, sink),
+            lambda: not main_dock.runner.busy)
+    state.use_head(sink["Training"])
+
+    measure(results, f"UMAP, warm worker ({len(session.embeddings.labels)} cells)", umap_dock.compute,
+            lambda: not umap_dock.busy)
+    if not args.quick:
+        many = synthetic_embeddings(Embeddings, 3000, session.embeddings.vectors.shape[1])
+        state.use_embeddings(backbone, many)
+        measure(results, "UMAP, warm worker (3000 cells)", umap_dock.compute, lambda: not umap_dock.busy)
+        thread_comparison(results, main_dock.runner, many.vectors)
+
+    viewer.close()
+    app.processEvents()
+    print_table(results)
+    return 0
+
+
+def _after(seconds: float):
+    end = time.perf_counter() + seconds
+    return lambda: time.perf_counter() >= end
+
+
+def cold_umap_vectors(state) -> None:
+    """Embeddings for the cold-UMAP phase (before the real ones exist): 300 random cells."""
+    from napari_dinoloc.core.embedding import Embeddings
+
+    state.session.embeddings = synthetic_embeddings(Embeddings, 300, 384)
+    state.embeddings_changed.emit()
+
+
+def synthetic_embeddings(embeddings_class, n: int, dim: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, dim))
+    vectors = (centres[rng.integers(8, size=n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+    return embeddings_class(np.arange(1, n + 1), vectors, {"backbone": "synthetic"})
+
+
+def thread_comparison(results: list, runner, vectors) -> None:
+    """UMAP in a napari worker thread of this process (not what the plugin does)."""
+    from napari_dinoloc.core.umap_runner import compute_umap_here
+
+    def umap_in_thread(progress, cancel):
+        return compute_umap_here(vectors, progress=progress, cancel=cancel)
+
+    sink: dict = {}
+    for phase in ("first call, compiles", "warm"):
+        measure(results, f"comparison: UMAP in a thread, {phase} (3000 cells)",
+                run_job(runner, "UMAP in a thread", umap_in_thread, sink), lambda: not runner.busy)
+
+
+def print_table(results: list) -> None:
+    width = max(len(name) for name, *_ in results)
+    print()
+    print(f"{'phase':<{width}}  {'seconds':>8}  {'max gap (s)':>11}  {'gaps >0.1 s':>11}  goal < {GOAL_SECONDS} s")
+    for name, seconds, max_gap, long_gaps in results:
+        verdict = "ok" if max_gap < GOAL_SECONDS else "MISSED"
+        print(f"{name:<{width}}  {seconds:>8.1f}  {max_gap:>11.3f}  {long_gaps:>11d}  {verdict}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Screenshots of the main dock at each step, for the docs (docs/images/).
+
+Run: xvfb-run -a /work/venv/bin/python docs/make_screenshots.py
+Uses the synthetic sample and the tiny random backbone (no download); the annotations are
+taken from the sample's ground truth, as a user would click them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch  # noqa: F401  (torch and timm before Qt)
+import timm  # noqa: F401
+
+IMAGES = Path(__file__).resolve().parent / "images"
+WINDOW_SIZE = (1500, 950)
+CELLS_PER_CLASS = 3
+
+
+def wait_until_idle(dock, app) -> None:
+    while dock.runner.busy:
+        app.processEvents()
+        time.sleep(0.02)
+    app.processEvents()
+
+
+def save(viewer, app, name: str) -> None:
+    for _ in range(5):
+        app.processEvents()
+        time.sleep(0.05)
+    viewer.screenshot(str(IMAGES / name), canvas_only=False)
+    print("wrote", IMAGES / name)
+
+
+def annotate_from_truth(viewer, dock) -> None:
+    """Click a few cells of each true class, the way a user would."""
+    from napari_dinoloc.widgets._layers import CELLS, find_layer
+
+    state, cells = dock.state, find_layer(viewer, CELLS)
+    truth = find_layer(viewer, "ground truth cells")
+    true_class = dict(zip(truth.features["label"], truth.features["true_class"]))
+    table, done = state.session.table, {}
+    for label, y, x in zip(table.label, table.centroid_y, table.centroid_x):
+        name = true_class.get(int(truth.data[int(round(y)), int(round(x))]))
+        if name and done.get(name, 0) < CELLS_PER_CLASS and state.annotations.key_of(name):
+            dock.annotate_panel.pick_key(state.annotations.key_of(name))
+            dock.annotate_panel.clicker.click(cells.data_to_world((y, x)))
+            done[name] = done.get(name, 0) + 1
+
+
+def hover_a_cell(viewer, dock) -> None:
+    """Put the cursor on a cell so the status bar shows its predicted class and confidence."""
+    from napari_dinoloc.widgets._layers import CELLS, find_layer
+
+    table, cells = dock.state.session.table, find_layer(viewer, CELLS)
+    row = len(table) // 2
+    viewer.cursor.position = tuple(cells.data_to_world((table.centroid_y[row], table.centroid_x[row])))
+    viewer.update_status_from_cursor()
+
+
+def main() -> None:
+    os.environ.setdefault("NAPARI_DINOLOC_HOME", tempfile.mkdtemp(prefix="dinoloc-shots-"))
+    os.environ.setdefault("DINOLOC_CACHE_DIR", tempfile.mkdtemp(prefix="dinoloc-cache-"))
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dinoloc.widgets.dock import DinolocWidget
+
+    IMAGES.mkdir(exist_ok=True)
+    viewer = napari.Viewer(show=True, title="napari-dinoloc")
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    viewer.open_sample("napari-dinoloc", "synthetic")
+    dock = DinolocWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="DINO localization", area="right")
+    app = QApplication.instance()
+    save(viewer, app, "01-channels.png")
+
+    dock.image_panel.segment()
+    wait_until_idle(dock, app)
+    save(viewer, app, "02-cells.png")
+
+    dock.model_panel.choose("random-tiny", input_size=32, crop_size=64)
+    dock.model_panel.embed()
+    wait_until_idle(dock, app)
+    dock.show_step(1)
+    save(viewer, app, "03-embedded.png")
+
+    dock.annotate_panel.annotate_button.setChecked(True)
+    annotate_from_truth(viewer, dock)
+    dock.show_step(2)
+    save(viewer, app, "04-annotate.png")
+
+    dock.predict_panel.choose("logistic")
+    dock.predict_panel.predict()
+    wait_until_idle(dock, app)
+    dock.annotate_panel.annotate_button.setChecked(False)
+    dock.show_step(3)
+    hover_a_cell(viewer, dock)
+    save(viewer, app, "05-predicted.png")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
