@@ -44,7 +44,7 @@ def annotate_from_truth(viewer, dock) -> None:
     truth = find_layer(viewer, "ground truth cells")
     true_class = dict(zip(truth.features["label"], truth.features["true_class"]))
     table, done = state.session.table, {}
-    for label, y, x in zip(table.label, table.centroid_y, table.centroid_x):
+    for y, x in zip(table.centroid_y, table.centroid_x):
         name = true_class.get(int(truth.data[int(round(y)), int(round(x))]))
         if name and done.get(name, 0) < CELLS_PER_CLASS and state.annotations.key_of(name):
             dock.annotate_panel.pick_key(state.annotations.key_of(name))

@@ -270,6 +270,14 @@ def test_registry_entries():
     assert BACKBONES["hpa-dino-vits16"].slots == HPA_SLOTS and BACKBONES["hpa-dino-vits16"].normalization == "self"
 
 
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.autocast_dtype(cpu, "auto") is torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.autocast_dtype(cpu, "auto") is None
+
+
 def test_devices():
     assert devices.resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

@@ -18,6 +18,8 @@ from .core.errors import Cancelled, DinolocError
 class TextProgress:
     """A one-line progress bar on stderr, redrawn at most 10 times a second."""
 
+    line_open = False  # a bar is drawn and not finished: end its line before an error message
+
     def __init__(self, stream=None, width: int = 30):
         self.stream = stream or sys.stderr
         self.width = width
@@ -35,7 +37,15 @@ class TextProgress:
         self.stream.write(f"\r{what:<24.24} [{bar}] {done}/{total}")
         if finished:
             self.stream.write("\n")
+        TextProgress.line_open = not finished
         self.stream.flush()
+
+
+def _say_error(message: str) -> None:
+    if TextProgress.line_open:
+        sys.stderr.write("\n")
+        TextProgress.line_open = False
+    print(message, file=sys.stderr)
 
 
 def _positive_int(text: str) -> int:
@@ -130,18 +140,18 @@ def main(argv=None) -> int:
     try:
         return commands.run(args) or 0
     except Cancelled as exc:
-        print(f"dinoloc: {exc}", file=sys.stderr)
+        _say_error(f"dinoloc: {exc}")
         return 130
     except KeyboardInterrupt:
         print("\ndinoloc: interrupted; nothing half-written was left behind.", file=sys.stderr)
         return 130
     except DinolocError as exc:
-        print(f"dinoloc: error: {exc}", file=sys.stderr)
+        _say_error(f"dinoloc: error: {exc}")
         return 2
     except Exception as exc:  # an engine bug: say so plainly, trace on request
         if args.debug:
             raise
-        print(f"dinoloc: unexpected error: {exc!r}. Re-run with --debug for the traceback and please report it.", file=sys.stderr)
+        _say_error(f"dinoloc: unexpected error: {exc!r}. Re-run with --debug for the traceback and please report it.")
         return 1
 
 

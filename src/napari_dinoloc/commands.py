@@ -23,7 +23,8 @@ def _run_options(args):
     from .core.segmentation import SegmentationParams
 
     seg = {k: v for k, v in (("nucleus_diameter", args.nucleus_diameter), ("cell_diameter", args.cell_diameter)) if v}
-    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=SegmentationParams(**seg), embed=_embed_settings(args))
+    embed = _embed_settings(args) if hasattr(args, "strategy") else None  # segment has no model options
+    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=SegmentationParams(**seg), embed=embed)
 
 
 def _embed_settings(args):
@@ -130,10 +131,9 @@ def _training_set(args, sessions):
 
 
 def cmd_train(args) -> int:
-    from .core.bundle import save_bundle
+    from .core.bundle import bundle_for_head, save_bundle
     from .core.files import check_writable
     from .core.heads import train_head
-    from .core.model_bundles import bundle_for
 
     check_writable(args.out)
     backbone = _load_backbone(args.backbone, args.weights, args.device)
@@ -141,7 +141,7 @@ def cmd_train(args) -> int:
     evaluation = _cross_validate_if_possible(args.head, vectors, classes, args.seed)
     head = train_head(args.head, vectors, classes, progress=TextProgress(), seed=args.seed)
     metrics = evaluation.to_dict() if evaluation else {}
-    save_bundle(bundle_for(head, backbone, last.image.stains, _embed_settings(args), classes, metrics, args.seed), args.out)
+    save_bundle(bundle_for_head(head, backbone, last.image.stains, _embed_settings(args), classes, metrics, args.seed), args.out)
     if evaluation:
         print(evaluation.format_table())
     print(f"{args.out}: {args.head} head on {len(classes)} cells, classes {', '.join(head.class_names)}")
@@ -183,14 +183,13 @@ def _prediction_model(args):
     if args.model and args.annotations:
         raise DinolocError("Give either --model or --annotations, not both.")
     if args.model:
-        from .core.bundle import load_bundle
-        from .core.model_bundles import backbone_for, settings_for
+        from .core.bundle import backbone_for_bundle, embed_settings_for, load_bundle
 
         bundle = load_bundle(args.model)
         args._bundle = bundle
         options = _run_options(args)
-        options.embed = settings_for(bundle, _embed_settings(args))
-        return bundle.head, backbone_for(bundle, args.weights, args.device), options
+        options.embed = embed_settings_for(bundle, _embed_settings(args))
+        return bundle.head, backbone_for_bundle(bundle, args.weights, args.device), options
     if args.annotations:
         from .core.heads import train_head
 

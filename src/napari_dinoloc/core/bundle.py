@@ -323,3 +323,46 @@ def _misfit_message(needed: Sequence[str], available: Sequence[str], missing: Se
         f"of those stains (e.g. --channels protein=1,nucleus=0), use an image that has them, or train a model on "
         f"this image's stains."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Bundles <-> the backbone and embedding settings they were made with
+# --------------------------------------------------------------------------------------------
+def bundle_for_head(head: Head, backbone, stains: Sequence[str], settings, classes: Sequence[str],
+                    metrics: Optional[dict] = None, seed: int = 0) -> ModelBundle:
+    """The bundle of a head trained on frozen embeddings of ``backbone`` made with ``settings``."""
+    from collections import Counter
+
+    resolved = settings.resolved(backbone)
+    return ModelBundle(
+        head=head, backbone_name=backbone.name, weights_hash=backbone.weights_hash, stains=tuple(stains),
+        strategy=resolved.strategy, embedding=resolved.embedding, crop_size=resolved.crop_size,
+        input_size=resolved.input_size, normalization=backbone.spec.normalization,
+        mask_background=resolved.mask_background, class_counts=dict(Counter(classes)), metrics=dict(metrics or {}), seed=seed,
+    )
+
+
+def embed_settings_for(bundle: ModelBundle, base):
+    """``base`` (device, batch size, precision) with everything that shapes the embedding from the bundle."""
+    from dataclasses import replace
+
+    return replace(base, strategy=bundle.strategy, embedding=bundle.embedding, crop_size=bundle.crop_size,
+                   input_size=bundle.input_size, mask_background=bundle.mask_background)
+
+
+def backbone_for_bundle(bundle: ModelBundle, weights=None, device: str = "auto"):
+    """The backbone the bundle's head expects: same weights (checked by hash), fine-tuned if it was."""
+    from .backbones import load_backbone
+
+    base_hash = bundle.extra.get("finetune", {}).get("base_weights_hash", bundle.weights_hash)
+    backbone = load_backbone(bundle.backbone_name, weights=weights, device=device)
+    if backbone.weights_hash != base_hash:
+        raise DinolocError(
+            f"This model was made with {bundle.backbone_name} weights {base_hash[:24]}, but the weights loaded are "
+            f"{backbone.weights_hash[:24]}: give the weights file it was trained with (--weights, or the weights field)."
+        )
+    if bundle.backbone_state:
+        from .finetune import apply_finetuned
+
+        backbone = apply_finetuned(backbone, bundle.backbone_state)
+    return backbone

@@ -266,7 +266,8 @@ def layout_from_channel_axis(array: np.ndarray, channel_axis: int, name: str, ax
 
 
 def layout_from_axes(array: np.ndarray, axes: str) -> tuple[np.ndarray, list[str]]:
-    if "Y" not in axes or "X" not in axes:
+    # an axis of unknown meaning (tifffile's Q, I, ...) must not be max-projected on a guess
+    if "Y" not in axes or "X" not in axes or set(axes) - set("CSZTYX"):
         raise unknown_layout(array, "the image", axes)
     channel_axes = [i for i, a in enumerate(axes) if a in "CS"]
     return project_and_order(array, channel_axes, axes.index("Y"), axes.index("X"), axes)

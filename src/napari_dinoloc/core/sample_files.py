@@ -12,18 +12,18 @@ from .files import atomic_write
 
 
 def write_label_image(path: str | Path, labels: np.ndarray) -> Path:
-    import tifffile
-
-    with atomic_write(path, "wb") as handle:
-        tifffile.imwrite(handle, labels.astype(np.int32), compression="zlib")
-    return Path(path)
+    return write_image(path, labels.astype(np.int32), axes="YX")
 
 
 def write_image(path: str | Path, image: np.ndarray, axes: str = "CYX") -> Path:
+    import io
+
     import tifffile
 
+    buffer = io.BytesIO()  # tifffile wants a named file; write in memory, then atomically to disk
+    tifffile.imwrite(buffer, image, metadata={"axes": axes}, photometric="minisblack", compression="zlib")
     with atomic_write(path, "wb") as handle:
-        tifffile.imwrite(handle, image, metadata={"axes": axes}, compression="zlib")
+        handle.write(buffer.getvalue())
     return Path(path)
 
 

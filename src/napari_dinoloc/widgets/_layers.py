@@ -9,7 +9,7 @@ so napari's events fire and hovering a cell shows its class and confidence in th
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -95,6 +95,10 @@ def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[
         if colormap is not None:
             layer.colormap = colormap
         return layer
+    if like is not None and tuple(layer.scale) != tuple(like.scale)[-2:]:
+        layer.scale = tuple(like.scale)[-2:]
+    if like is not None and tuple(layer.translate) != tuple(like.translate)[-2:]:
+        layer.translate = tuple(like.translate)[-2:]
     if colormap is not None:
         layer.colormap = colormap
     layer.data = data
@@ -145,8 +149,8 @@ class LayerPresenter:
         session, viewer = self.state.session, self.viewer
         if viewer is None:
             return
-        if session.labels is None:
-            for name in (PREDICTED, ANNOTATIONS, SELECTED):
+        if session.labels is None:  # a new image: the old cells and everything on them go
+            for name in (PREDICTED, ANNOTATIONS, SELECTED, CELLS):
                 remove_layer(viewer, name)
             return
         self._outline = cell_outlines(session.labels)
@@ -226,16 +230,10 @@ def _class_features(names: Sequence[str]):
 def _place_below(viewer, name: str, *above: str) -> None:
     """Move layer ``name`` just below the lowest of the ``above`` layers present."""
     layer = find_layer(viewer, name)
-    targets = [viewer.layers.index(l) for l in (find_layer(viewer, n) for n in above) if l is not None]
+    targets = [viewer.layers.index(other) for other in (find_layer(viewer, n) for n in above) if other is not None]
     if layer is None or not targets:
         return
     index, target = viewer.layers.index(layer), min(targets)
     if index > target:
         viewer.layers.move(index, target)
 
-
-def optional_layer_path(layer) -> Optional[str]:
-    """The file a layer was read from, when napari knows it."""
-    source = getattr(layer, "source", None)
-    path = getattr(source, "path", None)
-    return str(path) if path else None

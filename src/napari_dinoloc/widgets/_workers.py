@@ -27,10 +27,10 @@ def _keep_triton_out() -> None:
     """Loading triton's LLVM after napari's OpenGL context exists crashes the process when the GL
     driver is Mesa (llvmpipe, radeonsi: its own LLVM). timm → torchvision → torch._dynamo probes
     for triton on import; marking it absent makes that probe answer False instead of loading it.
-    The plugin never uses torch.compile, the only user of triton."""
+    The plugin never uses torch.compile, the only user of triton. (Mesa is a Linux driver.)"""
     import sys
 
-    if "triton" not in sys.modules:
+    if sys.platform.startswith("linux") and "triton" not in sys.modules:
         sys.modules["triton"] = None
 
 
@@ -63,7 +63,7 @@ def report_error(title: str, error: BaseException) -> None:
         notify_info(f"{title}: cancelled, nothing was changed.")
     elif isinstance(error, DinolocError):
         notify_error(str(error))
-    elif isinstance(error, MemoryError):
+    elif isinstance(error, MemoryError) or "out of memory" in str(error).lower():  # torch's OOM is a RuntimeError
         notify_error(f"{title}: out of memory. Lower the batch size or the input size, or use the CPU.")
     else:
         log.error("%s failed", title, exc_info=(type(error), error, error.__traceback__))
@@ -144,10 +144,6 @@ class JobRunner:
     def busy(self) -> bool:
         return self._job is not None
 
-    @property
-    def running_title(self) -> str:
-        return self._job.title if self._job else ""
-
     def run(self, title: str, work: Work, on_done: Callable[[Any], None],
             on_error: Optional[Callable[[BaseException], None]] = None) -> bool:
         """Start ``work(progress, cancel)``; ``on_done(result)`` runs on the main thread."""
@@ -191,7 +187,10 @@ class JobRunner:
 
     # ---- main-thread callbacks ----------------------------------------------------------------
     def _deliver(self, job: _Job, on_done, result) -> None:
-        if self.closed or job.token.cancelled:
+        if self.closed:
+            return
+        if job.token.cancelled:  # the work ended before it saw the cancel: drop its result anyway
+            notify_info(f"{job.title}: cancelled, nothing was changed.")
             return
         try:
             on_done(result)
@@ -213,7 +212,10 @@ class JobRunner:
             return
         seconds = time.perf_counter() - job.started
         ended = "cancelled" if job.token.cancelled else f"done in {seconds:.1f} s"
-        self._bar.stop(f"{job.title}: {ended}")
+        try:
+            self._bar.stop(f"{job.title}: {ended}")
+        except RuntimeError:  # the dock was closed while the job ran
+            pass
 
     # ---- napari's task list: closing the window cancels our job ----------------------------------
     def _register_task(self, job: _Job):

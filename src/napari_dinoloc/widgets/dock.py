@@ -30,6 +30,7 @@ class DinolocWidget(QWidget):
         self.annotate_panel = AnnotatePanel(self.state, self.runner)
         self.predict_panel = PredictPanel(self.state, self.runner)
         self._build()
+        self.destroyed.connect(self.runner.close)  # a closed dock drops the result of its running job
 
     def _build(self) -> None:
         steps = QWidget()

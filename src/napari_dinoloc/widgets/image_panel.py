@@ -322,8 +322,9 @@ class ImagePanel(QWidget):
         layer = next((layer for layer in self._label_layers() if layer.name == name), None)
         if layer is None:
             raise DinolocError("There is no label image to use: segment the cells or open a label image first.")
+        labels = np.asarray(layer.data)  # read first: a new image removes the old 'cells' layer
         self.apply_image()
-        self._cells_found(self.state.session.image, np.asarray(layer.data))
+        self._cells_found(self.state.session.image, labels)
 
     def _cells_found(self, image, labels: np.ndarray) -> None:
         if self.state.session.image is not image:
