@@ -186,7 +186,8 @@ def test_gradient_accumulation_matches_one_big_batch(cells, backbone):
 
     def gradients(micro_batch: int):
         trainer.micro_batch = micro_batch
-        loss = trainer.accumulate(crops, targets)
+        loss, features = trainer.accumulate(crops, targets)
+        assert features.shape == (len(rows), trainer.classifier.in_features)
         return loss, [p.grad.clone() for p in trainer._parameters()]
 
     loss_big, big = gradients(12)

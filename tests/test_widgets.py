@@ -194,14 +194,23 @@ def test_whole_flow_then_reopen(make_napari_viewer, qtbot, tmp_path):
     assert set(np.unique(state.session.labels[find_layer(viewer, "selected cells").data > 0])) == {first, second}
 
     # Export: one row per cell, user_label filled for the clicked cells only.
-    path = dock.predict_panel.export_cells_csv(str(tmp_path / "cells.csv"))
+    path = dock.predict_panel.exports.export_cells_csv(str(tmp_path / "cells.csv"))
     rows = read_table(path)
     assert [int(r["label"]) for r in rows] == [int(label) for label in state.session.table.label]
     assert {int(r["label"]): r["user_label"] for r in rows if r["user_label"]} == clicked
     assert all(r["predicted_class"] in groups for r in rows)
-    assert dock.predict_panel.export_annotations_csv(str(tmp_path / "a.csv")).read_text().count("\n") == len(clicked) + 1
-    with np.load(dock.predict_panel.export_embeddings_npz(str(tmp_path / "e.npz"))) as saved:
+    assert dock.predict_panel.exports.export_annotations_csv(str(tmp_path / "a.csv")).read_text().count("\n") == len(clicked) + 1
+    with np.load(dock.predict_panel.exports.export_embeddings_npz(str(tmp_path / "e.npz"))) as saved:
         assert saved["vectors"].shape == state.session.embeddings.vectors.shape
+    assert not messages(NotificationSeverity.ERROR)
+
+    # The trained model saved as a bundle predicts the same classes when loaded.
+    bundle = dock.predict_panel.exports.save_model(str(tmp_path / "model.dinoloc"))
+    dock.predict_panel.choose("bundle", str(bundle))
+    dock.predict_panel.predict_button.click()
+    wait_idle(qtbot, dock)
+    assert state.session.predictions is not predictions
+    assert np.array_equal(state.session.predictions.predicted, predictions.predicted)
     assert not messages(NotificationSeverity.ERROR)
 
     # Close, open the same image in a new viewer: the annotations and the class order come back.
@@ -419,7 +428,7 @@ def test_annotations_live_next_to_the_image_file_or_in_a_project_folder(make_nap
     assert "field" in dock.annotate_panel.saved_to.text()
 
 
-def test_new_embeddings_drop_a_classifier_that_no_longer_fits(make_napari_viewer, qtbot):
+def test_new_embeddings_drop_the_classifier_and_a_saved_model_brings_it_back(make_napari_viewer, qtbot, tmp_path):
     viewer, dock = open_dock(make_napari_viewer, qtbot)
     use_truth(dock)
     embed(qtbot, dock)
@@ -432,9 +441,37 @@ def test_new_embeddings_drop_a_classifier_that_no_longer_fits(make_napari_viewer
     dock.predict_panel.predict_button.click()
     wait_idle(qtbot, dock)
     assert state.session.predictions is not None
+    trained = state.session.predictions.predicted
+    bundle = dock.predict_panel.exports.save_model(str(tmp_path / "model"))
+    assert bundle.name == "model.dinoloc"
+
     dock.model_panel.embedding.setCurrentIndex(dock.model_panel.embedding.findData("cls+mean"))  # twice the size
     dock.model_panel.embed_button.click()
     wait_idle(qtbot, dock)
     assert state.session.embeddings.vectors.shape[1] == 128
     assert state.session.predictions is None and find_layer(viewer, PREDICTED) is None
+
+    # The saved model embeds the cells its own way (CLS token) before predicting.
+    dock.predict_panel.choose("bundle", str(bundle))
+    dock.predict_panel.predict_button.click()
+    wait_idle(qtbot, dock)
+    assert state.session.embeddings.vectors.shape[1] == 64
+    assert dock.model_panel.embedding.currentData() == "cls"  # the Model step shows what made them
+    assert np.array_equal(state.session.predictions.predicted, trained)
+    assert find_layer(viewer, PREDICTED) is not None
     assert not messages(NotificationSeverity.ERROR)
+
+
+def test_a_file_that_is_not_a_model(make_napari_viewer, qtbot, tmp_path):
+    viewer, dock = open_dock(make_napari_viewer, qtbot)
+    use_truth(dock)
+    bad = tmp_path / "model.dinoloc"
+    bad.write_bytes(b"\x00" * 64)
+    dock.predict_panel.choose("bundle", str(bad))
+    dock.predict_panel.predict_button.click()
+    wait_idle(qtbot, dock)
+    errors = messages(NotificationSeverity.ERROR)
+    assert errors and "model.dinoloc" in errors[-1] and dock.state.session.predictions is None
+    dock.predict_panel.exports.save_model(str(tmp_path / "none.dinoloc"))  # nothing trained yet
+    assert "no trained model" in messages(NotificationSeverity.ERROR)[-1]
+    assert not (tmp_path / "none.dinoloc").exists()

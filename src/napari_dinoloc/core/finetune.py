@@ -88,7 +88,7 @@ class FinetuneResult:
     backbone_state: Optional[dict[str, np.ndarray]]  # full state dict; None for level "head"
     weights_hash: str  # of the fine-tuned weights (the base weights for level "head")
     head: Head  # fitted on the fine-tuned embeddings of all annotated cells
-    history: list[dict]  # per epoch: epoch, train_loss, val_loss, val_f1, seconds, micro_batch
+    history: list[dict]  # per epoch: epoch, train_loss, val_f1, val_loss, classifier_val_f1, seconds, micro_batch
     metrics: dict  # validation scores (Evaluation.to_dict()) + best_epoch, stopped_early, cells...
     class_names: tuple[str, ...]
     class_counts: dict[str, int]
@@ -449,6 +449,7 @@ class Trainer:
         self.micro_batch = settings.max_batch
         self.classifier = None  # torch.nn.Linear on standardised features, made by init_classifier
         self.feature_mean = self.feature_scale = None
+        self.frozen_features = None  # (features, classes) of the training cells before any training
         self.optimiser = self.schedule = None
 
     # -- the model ------------------------------------------------------------------------------
@@ -470,8 +471,8 @@ class Trainer:
         import torch
 
         frozen = self.embed(train, cancel)
-        probe = make_head("logistic", self.class_names, seed=self.settings.seed).fit_encoded(frozen, self.y[train], self.class_names)
-        tensors, _ = probe.to_state()
+        self.frozen_features = (frozen, self.y[train])  # epoch 0 of the validation probe
+        tensors, _ = self.fit_probe(frozen, self.y[train]).to_state()
         self.classifier = torch.nn.Linear(frozen.shape[1], len(self.class_names))
         with torch.no_grad():
             self.classifier.weight.copy_(torch.from_numpy(tensors["weight"]))
@@ -480,6 +481,9 @@ class Trainer:
         # the probe's standardisation stays fixed: it keeps the linear layer well conditioned
         self.feature_mean = torch.from_numpy(tensors["scaler_mean"]).to(self.device)
         self.feature_scale = torch.from_numpy(tensors["scaler_scale"]).to(self.device)
+
+    def fit_probe(self, features: np.ndarray, y: np.ndarray):
+        return make_head("logistic", self.class_names, seed=self.settings.seed).fit_encoded(features, y, self.class_names)
 
     def embed(self, rows: np.ndarray, cancel=None) -> np.ndarray:
         """Embeddings of the given cells without augmentation, in eval mode, ``micro_batch`` at a time."""
@@ -500,27 +504,30 @@ class Trainer:
         schedule = warmup_cosine(WARMUP_EPOCHS * steps_per_epoch, self.settings.epochs * steps_per_epoch)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimiser, schedule)
 
-    def accumulate(self, crops: np.ndarray, targets) -> float:
-        """Gradients of the mean loss over ``crops``, summed over micro-batches of ``micro_batch`` cells."""
+    def accumulate(self, crops: np.ndarray, targets) -> tuple[float, np.ndarray]:
+        """Gradients of the mean loss over ``crops``, summed over micro-batches of ``micro_batch`` cells.
+        Returns the loss and the cells' features (for the validation probe)."""
         import torch.nn.functional as F
 
         for parameter in self._parameters():
             parameter.grad = None
-        total = 0.0
+        total, features = 0.0, []
         for start in range(0, len(crops), self.micro_batch):
             part = slice(start, start + self.micro_batch)
-            loss = F.cross_entropy(self.logits(crops[part]), targets[part], reduction="sum") / len(crops)
+            pooled = self.features(crops[part])
+            loss = F.cross_entropy(self.classify(pooled), targets[part], reduction="sum") / len(crops)
             loss.backward()
             total += float(loss.detach())
-        return total
+            features.append(pooled.detach().float().cpu().numpy())
+        return total, np.concatenate(features)
 
-    def step(self, crops: np.ndarray, targets) -> float:
+    def step(self, crops: np.ndarray, targets) -> tuple[float, np.ndarray]:
         """One optimiser step; on out-of-memory the micro-batch is halved and the step retried."""
         import torch
 
         while True:
             try:
-                loss = self.accumulate(crops, targets)
+                loss, features = self.accumulate(crops, targets)
                 break
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
@@ -529,7 +536,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self._parameters(), CLIP_NORM)
         self.optimiser.step()
         self.schedule.step()
-        return loss
+        return loss, features
 
     def _shrink_micro_batch(self, exc: BaseException) -> None:
         if self.micro_batch <= 1:
@@ -551,7 +558,8 @@ class Trainer:
             generator = torch.Generator().manual_seed(self.settings.seed)
             self.init_classifier(train, cancel)
             self.build_optimiser(math.ceil(len(train) / self.settings.batch_size))
-            best = EarlyStopping(self.settings.patience, *self.validate(val), self.snapshot())
+            start = self.validate(val, *self.frozen_features)
+            best = EarlyStopping(self.settings.patience, start["val_f1"], start["val_loss"], self.snapshot())
             history = []
             for epoch in range(1, self.settings.epochs + 1):
                 record = self.run_epoch(epoch, train, val, generator, progress, cancel)
@@ -574,31 +582,38 @@ class Trainer:
         self.classifier.train()
         order = balanced_order(self.y[train], generator)
         batches = [train[order[i:i + self.settings.batch_size]] for i in range(0, len(order), self.settings.batch_size)]
-        losses = []
+        losses, features = [], []
         for number, rows in enumerate(batches, start=1):
             check_cancel(cancel)
             crops = augment_crops(torch.from_numpy(self.cells.crops[rows]), self.cells.stains, self.settings.augment, generator)
-            targets = torch.from_numpy(self.y[rows]).to(self.device)
-            losses.append(self.step(crops.numpy(), targets) * len(rows))
+            loss, batch_features = self.step(crops.numpy(), torch.from_numpy(self.y[rows]).to(self.device))
+            losses.append(loss * len(rows))
+            features.append(batch_features)
             report(progress, (epoch - 1) * len(batches) + number, self.settings.epochs * len(batches),
                    f"Fine-tuning: epoch {epoch} of {self.settings.epochs}")
         if not all(np.isfinite(losses)):
             raise DinolocError("Fine-tuning diverged (the loss is not a number): lower the learning rate (--lr, --head-lr).")
-        val_f1, val_loss = self.validate(val)
-        return {"epoch": epoch, "train_loss": float(sum(losses) / len(train)), "val_loss": val_loss,
-                "val_f1": val_f1, "seconds": time.perf_counter() - began, "micro_batch": self.micro_batch}
+        scores = self.validate(val, np.concatenate(features), self.y[np.concatenate(batches)])
+        return {"epoch": epoch, "train_loss": float(sum(losses) / len(order)), **scores,
+                "seconds": time.perf_counter() - began, "micro_batch": self.micro_batch}
 
-    def validate(self, val: np.ndarray) -> tuple[float, float]:
-        """(macro-F1, mean cross-entropy) of the classifier on the validation cells."""
+    def validate(self, val: np.ndarray, train_features: np.ndarray, train_y: np.ndarray) -> dict:
+        """Scores on the validation cells. ``val_f1``, the early-stopping criterion, is the macro-F1 of a
+        logistic probe fitted on this epoch's training features: it scores the features the final head
+        will see, not the jointly trained classifier (which lags while the features move)."""
         import torch
         import torch.nn.functional as F
 
-        features = torch.from_numpy(self.embed(val)).to(self.device)
+        val_features = self.embed(val)
+        probe = self.fit_probe(train_features, train_y)
+        features = torch.from_numpy(val_features).to(self.device)
         self.classifier.eval()
         with torch.no_grad():
             logits = self.classify(features)
             loss = float(F.cross_entropy(logits, torch.from_numpy(self.y[val]).to(self.device)))
-        return macro_f1(self.y[val], logits.argmax(dim=1).cpu().numpy(), len(self.class_names)), loss
+        n_classes = len(self.class_names)
+        return {"val_f1": macro_f1(self.y[val], probe.predict_proba(val_features).argmax(axis=1), n_classes),
+                "val_loss": loss, "classifier_val_f1": macro_f1(self.y[val], logits.argmax(dim=1).cpu().numpy(), n_classes)}
 
     def snapshot(self) -> dict:
         return {"trainable": [p.detach().clone() for p in self.trainable],

@@ -261,6 +261,8 @@ class AnnotatePanel(QWidget):
     def refresh(self) -> None:
         store = self.state.annotations
         self.table.show_classes(store)
+        empty = store is not None and not store.classes
+        self.new_name.setPlaceholderText("first class, e.g. nucleoli; then Add" if empty else "new class name")
         self.saved_to.setText(f"Saved to {store.path}" if store is not None and store.path else
                               "Annotations are saved next to the image once it is chosen.")
 

@@ -28,7 +28,7 @@ class DinolocWidget(QWidget):
         self.image_panel = ImagePanel(self.state, self.runner)
         self.model_panel = ModelPanel(self.state, self.runner)
         self.annotate_panel = AnnotatePanel(self.state, self.runner)
-        self.predict_panel = PredictPanel(self.state, self.runner)
+        self.predict_panel = PredictPanel(self.state, self.runner, model_choice=self.model_panel.model_choice)
         self._build()
         self.destroyed.connect(self.runner.close)  # a closed dock drops the result of its running job
 

@@ -331,7 +331,7 @@ class ImagePanel(QWidget):
             notify_warning("The image changed while the cells were being found: segment again.")
             return
         report = self.state.use_labels(labels)
-        text = f"{len(self.state.session.table)} cells."
+        text = f"{len(self.state.session.table)} cells in {image.name}."
         if report is not None and (report.restored or report.lost or report.merged):
             text += " " + report.message()
         notify_info(text)

@@ -28,6 +28,7 @@ class ModelPanel(QWidget):
         self._build()
         self._on_backbone_changed()
         self._describe_device()
+        state.embeddings_changed.connect(self._show_current_settings)
 
     # ---- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -97,6 +98,19 @@ class ModelPanel(QWidget):
         self.input_size.setSpecialValueText(f"auto ({spec.input_size} px)")
         self.crop_size.setSpecialValueText(f"auto ({spec.input_size} px)")
 
+    def _show_current_settings(self) -> None:
+        """The controls follow the current embeddings, also when a saved model made them."""
+        embeddings = self.state.session.embeddings
+        if embeddings is None:
+            return
+        signature = embeddings.signature
+        for box, key in ((self.backbone, "backbone"), (self.strategy, "strategy"), (self.embedding, "embedding")):
+            index = box.findData(signature.get(key))
+            if index >= 0:
+                box.setCurrentIndex(index)
+        self.crop_size.setValue(int(signature.get("crop_size") or 0))
+        self.input_size.setValue(int(signature.get("input_size") or 0))
+
     def _browse_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Backbone weights", "", WEIGHT_FILES)
         if path:
@@ -147,6 +161,11 @@ class ModelPanel(QWidget):
             raise DinolocError(f"The backbone {self.spec().name} needs its weights file: choose it under Weights "
                                "(a DINO checkpoint .pth or a .safetensors file).")
         return text or None
+
+    def model_choice(self) -> dict:
+        """The weights file, device and settings, for steps that embed with another backbone (bundles)."""
+        return {"weights": self.weights.text().strip() or None, "device": self.device.currentText(),
+                "settings": self.settings()}
 
     def choose(self, backbone: str, input_size: int = 0, crop_size: int = 0, strategy: str = "") -> None:
         """Set the controls (tests, screenshots, a loaded model bundle)."""

@@ -4,19 +4,19 @@ predicted class of every cell with a legend, and the exports."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-    QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
+    QLineEdit, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from ..core.errors import DinolocError
 from ._layers import colour_for
-from .annotate_panel import colour_icon
 from ._workers import notify_info, reports_errors
+from .annotate_panel import colour_icon
 
 BUNDLE = "bundle"
 HEAD_CHOICES = (
@@ -26,10 +26,66 @@ HEAD_CHOICES = (
     (BUNDLE, "Saved model (.dinoloc file)"),
 )
 BUNDLE_FILES = "napari-dinoloc models (*.dinoloc);;All files (*)"
+#: Embedding settings a saved head depends on, as named in the embeddings' signature.
+SIGNATURE_OF_BUNDLE = {
+    "backbone": "backbone_name", "weights_hash": "weights_hash", "strategy": "strategy", "embedding": "embedding",
+    "crop_size": "crop_size", "input_size": "input_size", "mask_background": "mask_background",
+}
 
 
+# ---- model bundles ------------------------------------------------------------------------------------
+def embeddings_fit_bundle(bundle, embeddings) -> bool:
+    """True when ``embeddings`` were made exactly as the bundle's training cells were."""
+    if embeddings is None or bundle.backbone_state:  # a fine-tuned backbone: always embed its way
+        return False
+    signature = embeddings.signature
+    same = all(signature.get(key) == getattr(bundle, field) for key, field in SIGNATURE_OF_BUNDLE.items())
+    return same and tuple(signature.get("stains", ())) == tuple(bundle.stains)
+
+
+def bundle_from_session(session, class_counts: dict):
+    """A model bundle of the current head, with the backbone and settings of the embeddings it was trained on."""
+    from ..core.bundle import bundle_for_head
+    from ..core.embedding import EmbedSettings
+
+    signature = session.embeddings.signature
+    settings = EmbedSettings(strategy=signature["strategy"], embedding=signature["embedding"],
+                             crop_size=signature["crop_size"], input_size=signature["input_size"],
+                             mask_background=bool(signature["mask_background"]))
+    classes = [name for name, count in class_counts.items() for _ in range(count)]
+    return bundle_for_head(session.head, session.backbone, session.image.stains, settings, classes)
+
+
+def bundle_prediction_work(session, path: str, model_choice: Callable[[], dict]):
+    """Work for the runner: load the bundle; embed the cells its way unless they already are."""
+    choice = model_choice()
+
+    def work(progress, cancel):
+        from ..core.bundle import backbone_for_bundle, check_bundle_fits, embed_settings_for, load_bundle
+
+        bundle = load_bundle(path)
+        check_bundle_fits(bundle, session.image.stains)
+        if embeddings_fit_bundle(bundle, session.embeddings):
+            return None, None, bundle
+        backbone = backbone_for_bundle(bundle, choice.get("weights"), choice.get("device", "auto"))
+        settings = embed_settings_for(bundle, choice.get("settings") or _default_settings())
+        embeddings = session.compute_embeddings(settings, backbone, progress=progress, cancel=cancel)
+        return backbone, embeddings, bundle
+
+    return work
+
+
+def _default_settings():
+    from ..core.embedding import EmbedSettings
+
+    return EmbedSettings()
+
+
+# ---- widgets ------------------------------------------------------------------------------------------------
 class Legend(QTableWidget):
     """Colour, class name and number of cells predicted in it."""
+
+    ROW_HEIGHT = 20
 
     def __init__(self, parent=None):
         super().__init__(0, 3, parent)
@@ -43,7 +99,7 @@ class Legend(QTableWidget):
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.setColumnWidth(0, 22)
-        self.verticalHeader().setDefaultSectionSize(20)
+        self.verticalHeader().setDefaultSectionSize(self.ROW_HEIGHT)
         self.hide()
 
     def show_counts(self, names, colours, counts) -> None:
@@ -56,149 +112,38 @@ class Legend(QTableWidget):
             number = QTableWidgetItem(str(count))
             number.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
             self.setItem(row, 2, number)
-        header = self.horizontalHeader().sizeHint().height()
-        self.setFixedHeight(header + 20 * len(names) + 4)
+        self.setFixedHeight(self.horizontalHeader().sizeHint().height() + self.ROW_HEIGHT * len(names) + 4)
         self.setVisible(bool(names))
 
 
-class PredictPanel(QWidget):
-    def __init__(self, state, runner, parent=None):
+class ExportBox(QWidget):
+    """Save the per-cell CSV, the embeddings, the annotations and the trained model."""
+
+    def __init__(self, state, head_counts: Callable[[], dict], parent=None):
         super().__init__(parent)
-        self.state, self.runner = state, runner
-        self._build()
-        state.predictions_changed.connect(self.show_legend)
-        state.annotations_changed.connect(self.show_legend)
+        self.state = state
+        self._head_counts = head_counts
+        buttons = (
+            ("Cells CSV…", "One row per cell: centroid, area, predicted class, confidence, every class's "
+                           "probability, your label and the model (docs/csv.md).",
+             self.export_cells_csv, "cells.csv", "CSV (*.csv)"),
+            ("Embeddings…", "The embeddings (.npz: label, vectors, signature)",
+             self.export_embeddings_npz, "embeddings.npz", "NumPy archive (*.npz)"),
+            ("Annotations…", "Your annotations (CSV: label, class, centroid_y, centroid_x)",
+             self.export_annotations_csv, "annotations.csv", "CSV (*.csv)"),
+            ("Model…", "The trained classifier with everything needed to use it on other images (.dinoloc)",
+             self.save_model, "dinoloc", BUNDLE_FILES),
+        )
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.addWidget(QLabel("Export"), 0, 0)
+        for i, (text, tip, write, suffix, filter_) in enumerate(buttons):
+            button = QPushButton(text)
+            button.setToolTip(tip)
+            button.clicked.connect(lambda _=False, w=write, s=suffix, f=filter_: self._ask_path(w, s, f))
+            grid.addWidget(button, i // 2, 1 + i % 2)
 
-    def _build(self) -> None:
-        from ..core.heads import HEADS
-
-        self.head = QComboBox()
-        for kind, text in HEAD_CHOICES:
-            self.head.addItem(text, kind)
-            head = HEADS.get(kind)
-            if head is not None and head.description:
-                tip = head.description + (f"\n\nPaper: {head.paper}" if head.paper else "")
-                self.head.setItemData(self.head.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
-        self.bundle_path = QLineEdit()
-        self.bundle_path.setPlaceholderText("model file (.dinoloc)")
-        browse = QPushButton("…")
-        browse.setFixedWidth(28)
-        browse.clicked.connect(lambda _=False: self._browse_bundle())
-        self.bundle_row = QWidget()
-        row = QHBoxLayout(self.bundle_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.bundle_path, 1)
-        row.addWidget(browse)
-        self.bundle_row.hide()
-        self.predict_button = QPushButton("Train and predict")
-        self.legend = Legend()
-        self.summary = QLabel("")
-        self.summary.setWordWrap(True)
-        self.summary.setStyleSheet("color: gray;")
-        self.export_cells = QPushButton("Cells CSV…")
-        self.export_cells.setToolTip("One row per cell: centroid, area, predicted class, confidence, every class's "
-                                     "probability, your label and the model (docs/csv.md).")
-        self.export_embeddings = QPushButton("Embeddings…")
-        self.export_embeddings.setToolTip("The embeddings (.npz: label, vectors, signature)")
-        self.export_annotations = QPushButton("Annotations…")
-        self.export_annotations.setToolTip("Your annotations (CSV: label, class, centroid_y, centroid_x)")
-
-        form = QFormLayout()
-        form.addRow("Classifier", self.head)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(form)
-        layout.addWidget(self.bundle_row)
-        layout.addWidget(self.predict_button)
-        layout.addWidget(self.legend)
-        layout.addWidget(self.summary)
-        exports = QHBoxLayout()
-        exports.addWidget(QLabel("Export"))
-        for button in (self.export_cells, self.export_embeddings, self.export_annotations):
-            exports.addWidget(button)
-        layout.addLayout(exports)
-
-        self.head.currentIndexChanged.connect(lambda _=None: self._on_head_changed())
-        self.predict_button.clicked.connect(lambda _=False: self.predict())
-        self.export_cells.clicked.connect(lambda _=False: self._export(self.export_cells_csv, "cells.csv", "CSV (*.csv)"))
-        self.export_embeddings.clicked.connect(
-            lambda _=False: self._export(self.export_embeddings_npz, "embeddings.npz", "NumPy archive (*.npz)"))
-        self.export_annotations.clicked.connect(
-            lambda _=False: self._export(self.export_annotations_csv, "annotations.csv", "CSV (*.csv)"))
-
-    def _on_head_changed(self) -> None:
-        is_bundle = self.head.currentData() == BUNDLE
-        self.bundle_row.setVisible(is_bundle)
-        self.predict_button.setText("Predict" if is_bundle else "Train and predict")
-
-    def _browse_bundle(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Saved model", "", BUNDLE_FILES)
-        if path:
-            self.bundle_path.setText(path)
-
-    def choose(self, kind: str, bundle_path: str = "") -> None:
-        self.head.setCurrentIndex(self.head.findData(kind))
-        self.bundle_path.setText(bundle_path)
-
-    # ---- work -------------------------------------------------------------------------------------------
-    @reports_errors("Predicting")
-    def predict(self) -> bool:
-        session = self.state.session
-        session._require_embeddings()
-        embeddings = session.embeddings
-        work = self._bundle_work() if self.head.currentData() == BUNDLE else self._training_work()
-        return self.runner.run("Training the classifier" if self.head.currentData() != BUNDLE else "Loading the model",
-                               work, lambda head: self._apply(embeddings, head))
-
-    def _training_work(self):
-        session, store, kind = self.state.session, self.state.annotations, self.head.currentData()
-        annotations = dict(store.annotations)  # a copy: clicks during training do not disturb it
-        class_names = store.used_class_names()
-
-        def work(progress, cancel):
-            return session.train_head(kind, annotations, progress=progress, cancel=cancel, class_names=class_names)
-
-        return work
-
-    def _bundle_work(self):
-        session = self.state.session
-        path = self.bundle_path.text().strip()
-        if not path:
-            raise DinolocError("Choose the saved model file (.dinoloc) first.")
-
-        def work(progress, cancel):
-            from ..core.bundle import check_bundle_fits, load_bundle
-
-            bundle = load_bundle(path)
-            check_bundle_fits(bundle, session.image.stains)
-            check_bundle_matches(bundle, session.embeddings.signature)
-            return bundle.head
-
-        return work
-
-    def _apply(self, embeddings, head) -> None:
-        if self.state.session.embeddings is not embeddings:
-            notify_info("The embeddings changed while the classifier was made: predict again.")
-            return
-        self.state.use_head(head)
-
-    # ---- legend ----------------------------------------------------------------------------------------
-    def show_legend(self) -> None:
-        predictions = self.state.session.predictions
-        if predictions is None:
-            self.legend.show_counts([], [], [])
-            self.summary.setText("")
-            return
-        names = list(predictions.class_names)
-        counts = np.bincount(predictions.predicted, minlength=len(names))
-        colours = [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
-        self.legend.show_counts(names, colours, counts)
-        confidence = float(np.mean(predictions.confidence)) if len(predictions.labels) else 0.0
-        self.summary.setText(f"{len(predictions.labels)} cells, mean confidence {confidence:.2f}. "
-                             "Hover a cell (cells layer selected) to see its class and confidence.")
-
-    # ---- exports -----------------------------------------------------------------------------------------
-    def _export(self, write, suffix: str, filter_: str) -> None:
+    def _ask_path(self, write, suffix: str, filter_: str) -> None:
         image = self.state.session.image
         folder = Path(self.state.image_path).parent if self.state.image_path else Path.cwd()
         default = folder / f"{image.name if image else 'image'}.{suffix}"
@@ -236,13 +181,139 @@ class PredictPanel(QWidget):
         notify_info(f"Wrote {len(store.cells)} annotated cells to {written}.")
         return written
 
+    @reports_errors("Saving the model")
+    def save_model(self, path: str) -> Optional[Path]:
+        from ..core.bundle import save_bundle
 
-def check_bundle_matches(bundle, signature: dict) -> None:
-    """A saved head only fits embeddings made with its backbone and channel strategy."""
-    wanted = {"backbone": getattr(bundle, "backbone_name", None), "strategy": getattr(bundle, "strategy", None)}
-    wrong = {k: v for k, v in wanted.items() if v and signature.get(k) and signature[k] != v}
-    if wrong:
-        made = ", ".join(f"{k} {v!r}" for k, v in wanted.items() if v)
-        have = ", ".join(f"{k} {signature.get(k)!r}" for k in wanted)
-        raise DinolocError(f"This model was made with {made}, but the cells were embedded with {have}: "
-                           "choose the model's backbone and channel strategy under Model, embed the cells, then predict again.")
+        session = self.state.session
+        if session.head is None or session.predictions is None:
+            raise DinolocError("There is no trained model yet: annotate cells and press Train and predict first.")
+        written = save_bundle(bundle_from_session(session, self._head_counts()), path)
+        notify_info(f"Saved the model to {written}: choose it under Classifier ▸ Saved model to use it on other images.")
+        return written
+
+
+class PredictPanel(QWidget):
+    def __init__(self, state, runner, model_choice: Callable[[], dict] = dict, parent=None):
+        super().__init__(parent)
+        self.state, self.runner = state, runner
+        self._model_choice = model_choice  # the Model step's weights, device and settings
+        self._head_counts: dict = {}       # training cells per class of the current head
+        self._build()
+        state.predictions_changed.connect(self.show_legend)
+        state.annotations_changed.connect(self.show_legend)
+
+    def _build(self) -> None:
+        self.head = _head_combo()
+        self.bundle_path = QLineEdit()
+        self.bundle_path.setPlaceholderText("model file (.dinoloc)")
+        browse = QPushButton("…")
+        browse.setFixedWidth(28)
+        browse.clicked.connect(lambda _=False: self._browse_bundle())
+        self.bundle_row = QWidget()
+        row = QHBoxLayout(self.bundle_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.bundle_path, 1)
+        row.addWidget(browse)
+        self.bundle_row.hide()
+        self.predict_button = QPushButton("Train and predict")
+        self.legend = Legend()
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("color: gray;")
+        self.exports = ExportBox(self.state, lambda: dict(self._head_counts))
+
+        form = QFormLayout()
+        form.addRow("Classifier", self.head)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        for widget in (self.bundle_row, self.predict_button, self.legend, self.summary, self.exports):
+            layout.addWidget(widget)
+
+        self.head.currentIndexChanged.connect(lambda _=None: self._on_head_changed())
+        self.predict_button.clicked.connect(lambda _=False: self.predict())
+
+    def _on_head_changed(self) -> None:
+        is_bundle = self.head.currentData() == BUNDLE
+        self.bundle_row.setVisible(is_bundle)
+        self.predict_button.setText("Predict" if is_bundle else "Train and predict")
+
+    def _browse_bundle(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Saved model", "", BUNDLE_FILES)
+        if path:
+            self.bundle_path.setText(path)
+
+    def choose(self, kind: str, bundle_path: str = "") -> None:
+        self.head.setCurrentIndex(self.head.findData(kind))
+        self.bundle_path.setText(bundle_path)
+
+    # ---- work -------------------------------------------------------------------------------------------
+    @reports_errors("Predicting")
+    def predict(self) -> bool:
+        if self.head.currentData() == BUNDLE:
+            return self._predict_with_bundle()
+        session, store, kind = self.state.session, self.state.annotations, self.head.currentData()
+        session._require_embeddings()
+        annotations = dict(store.annotations)  # a copy: clicks during training do not disturb it
+        class_names = store.used_class_names()
+        counts = {name: list(annotations.values()).count(name) for name in class_names}
+        embeddings = session.embeddings
+
+        def work(progress, cancel):
+            return session.train_head(kind, annotations, progress=progress, cancel=cancel, class_names=class_names)
+
+        return self.runner.run("Training the classifier", work, lambda head: self._use_head(embeddings, head, counts))
+
+    def _predict_with_bundle(self) -> bool:
+        session, path = self.state.session, self.bundle_path.text().strip()
+        session._require_cells()
+        if not path:
+            raise DinolocError("Choose the saved model file (.dinoloc) first.")
+        labels = session.labels
+        work = bundle_prediction_work(session, path, self._model_choice)
+        return self.runner.run("Predicting with the saved model", work, lambda result: self._use_bundle(labels, *result))
+
+    def _use_head(self, embeddings, head, counts: dict) -> None:
+        if self.state.session.embeddings is not embeddings:
+            notify_info("The embeddings changed while the classifier was trained: train it again.")
+            return
+        self._head_counts = counts
+        self.state.use_head(head)
+
+    def _use_bundle(self, labels, backbone, embeddings, bundle) -> None:
+        if self.state.session.labels is not labels:
+            notify_info("The cells changed while the model was applied: predict again.")
+            return
+        if embeddings is not None:
+            self.state.use_embeddings(backbone, embeddings)
+        self._head_counts = dict(bundle.class_counts)
+        self.state.use_head(bundle.head)
+
+    # ---- legend ----------------------------------------------------------------------------------------
+    def show_legend(self) -> None:
+        predictions = self.state.session.predictions
+        if predictions is None:
+            self.legend.show_counts([], [], [])
+            self.summary.setText("")
+            return
+        names = list(predictions.class_names)
+        counts = np.bincount(predictions.predicted, minlength=len(names))
+        colours = [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
+        self.legend.show_counts(names, colours, counts)
+        confidence = float(np.mean(predictions.confidence)) if len(predictions.labels) else 0.0
+        self.summary.setText(f"{len(predictions.labels)} cells, mean confidence {confidence:.2f}. "
+                             "Hover a cell (cells layer selected) to see its class and confidence.")
+
+
+def _head_combo() -> QComboBox:
+    from ..core.heads import HEADS
+
+    box = QComboBox()
+    for kind, text in HEAD_CHOICES:
+        box.addItem(text, kind)
+        head = HEADS.get(kind)
+        if head is not None and head.description:
+            tip = head.description + (f"\n\nPaper: {head.paper}" if head.paper else "")
+            box.setItemData(box.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+    return box
