@@ -38,6 +38,7 @@ import traceback
 import warnings
 import weakref
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -159,6 +160,8 @@ def _serve() -> None:
     os.dup2(2, 1)  # prints from umap/numba go to stderr, never into the message stream
     sys.stdout = sys.stderr
     channel_in = sys.stdin.buffer
+    if hasattr(os, "nice"):
+        os.nice(5)  # background work: the GUI process keeps the CPU when both want it
 
     def send(message) -> None:
         pickle.dump(message, channel_out, protocol=pickle.HIGHEST_PROTOCOL)
@@ -189,6 +192,15 @@ def _run_request(request, progress) -> tuple:
         return ("error", job_id, "crash", traceback.format_exc())
 
 
+def _child_environment() -> dict:
+    """The parent's environment, plus the folder this package was imported from (it may only be
+    on the parent's ``sys.path``, e.g. a source checkout)."""
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 class _WorkerProcess:
     """One child interpreter and a thread that turns its answers into a queue."""
 
@@ -199,6 +211,7 @@ class _WorkerProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             creationflags=flags,
+            env=_child_environment(),
         )
         self.messages: "queue.Queue[tuple]" = queue.Queue()
         self.warm = False
