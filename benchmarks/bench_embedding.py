@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from napari_dinoloc.core.backbones import load_backbone, normalize  # noqa: E402
 from napari_dinoloc.core.devices import autocast_dtype  # noqa: E402
-from napari_dinoloc.core.embedding import EmbedSettings, embed_cells  # noqa: E402
+from napari_dinoloc.core.crops import iter_cell_crops  # noqa: E402
+from napari_dinoloc.core.embedding import Embedder, EmbedSettings, embed_cells  # noqa: E402
 from napari_dinoloc.core.images import make_cell_image  # noqa: E402
 from napari_dinoloc.core.segmentation import CellTable  # noqa: E402
 from napari_dinoloc.core.synthetic import make_field  # noqa: E402
@@ -59,16 +60,22 @@ def autocast_context(device, precision):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def bare_forward_rate(backbone, batch_size: int, batches: int, precision: str) -> tuple[float, float]:
-    """Cells/s of forward_features + CLS on tensors already normalised and on the device."""
-    size = backbone.spec.input_size
-    x = torch.randn(batch_size, backbone.spec.in_chans, size, size, device=backbone.device)
+def ready_batches(backbone, image, labels, table, batch_size: int, batches: int) -> list:
+    """The engine's own prepared inputs (cropped, masked, mapped, normalised), made before timing."""
+    embedder = Embedder(backbone, EmbedSettings(batch_size=batch_size, precision="fp32"))
+    crops = iter_cell_crops(image, labels, table, embedder.settings.crop_size, True, batch_size)
+    return [embedder.prepare(batch, image.stains).inputs.to(backbone.device)
+            for _, (_, batch) in zip(range(batches), crops)]
+
+
+def bare_forward_rate(backbone, inputs: list, precision: str) -> tuple[float, float]:
+    """Cells/s of forward_features + CLS on tensors already prepared and on the device."""
     with torch.inference_mode(), autocast_context(backbone.device, precision):
-        backbone.tokens(x)[:, 0].float().cpu()  # warm-up
+        backbone.tokens(inputs[0])[:, 0].float().cpu()  # warm-up
         with Clock() as clock:
-            for _ in range(batches):
+            for x in inputs:
                 backbone.tokens(x)[:, 0].float().cpu()
-    return clock.rates(batches * batch_size)
+    return clock.rates(sum(len(x) for x in inputs))
 
 
 def naive_loop_rate(backbone, image, labels, table, cells: int) -> tuple[float, float]:
@@ -135,11 +142,12 @@ def compare(args, backbone, image, labels, table) -> dict:
     subset_table = CellTable.from_labels(subset)
     best: dict = {}
     used, vectors = {}, {}
+    inputs = ready_batches(backbone, image, subset, subset_table, args.batch_size, args.bare_batches)
     for round_ in range(args.rounds):
         naive = naive_loop_rate(backbone, image, labels, table, min(args.naive_cells, len(table)))
         keep_best(best, "naive", naive)
         for precision in args.precisions.split(","):
-            bare = bare_forward_rate(backbone, args.batch_size, args.bare_batches, precision)
+            bare = bare_forward_rate(backbone, inputs, precision)
             engine, _, result = engine_run(backbone, image, subset, subset_table, args.batch_size, precision)
             keep_best(best, ("bare", precision), bare)
             keep_best(best, ("engine", precision), engine)

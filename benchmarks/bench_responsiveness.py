@@ -71,6 +71,11 @@ def run_event_loop_until(done, timeout: float) -> None:
         raise TimeoutError(f"the phase did not finish within {timeout:.0f} s")
 
 
+def _after(seconds: float):
+    end = time.perf_counter() + seconds
+    return lambda: time.perf_counter() >= end
+
+
 def measure(results: list, name: str, start, done, timeout: float = 600.0) -> None:
     """Start a phase with ``start()``, run the event loop until ``done()``, record the max gap."""
     run_event_loop_until(_after(SETTLE_SECONDS), SETTLE_SECONDS + 1)  # repaints due to the last phase
@@ -125,31 +130,46 @@ def main() -> int:
     args.backbone = "random-tiny" if args.quick else "random"
     os.environ.setdefault("NAPARI_DINOLOC_HOME", tempfile.mkdtemp(prefix="dinoloc-bench-"))
 
-    from qtpy.QtWidgets import QApplication
-
-    from napari_dinoloc.core.backbones import load_backbone
-    from napari_dinoloc.core.demo import choose_annotated
-    from napari_dinoloc.core.embedding import EmbedSettings, Embeddings, embed_cells
-
     viewer, main_dock, umap_dock, state, field = build_viewer(args)
-    app = QApplication.instance()
-    results: list = []
-    sink: dict = {}
     print(f"napari-dinoloc responsiveness: {args.backbone} backbone, {args.size}x{args.size} field, "
           f"{int(field.labels.max())} cells, torch threads {torch.get_num_threads()}", flush=True)
+    results: list = []
+    measure_idle(results)
+    measure_cold_umap(results, state, umap_dock)
+    backbone = measure_embedding(results, state, main_dock, args.backbone)
+    measure_training(results, state, main_dock, field)
+    measure(results, f"UMAP, warm worker ({len(state.session.embeddings.labels)} cells)", umap_dock.compute,
+            lambda: not umap_dock.busy)
+    if not args.quick:
+        many = synthetic_embeddings(3000, state.session.embeddings.vectors.shape[1])
+        state.use_embeddings(backbone, many)
+        measure(results, "UMAP, warm worker (3000 cells)", umap_dock.compute, lambda: not umap_dock.busy)
+        thread_comparison(results, main_dock.runner, many.vectors)
+    viewer.close()
+    print_table(results)
+    return 0
 
-    idle_end: list = []
-    measure(results, "idle (baseline)", lambda: idle_end.append(time.perf_counter() + 1.0),
-            lambda: time.perf_counter() >= idle_end[0])
 
-    # UMAP first, in a new worker that was never warmed up: the job pays the start and the compile.
+def measure_idle(results: list) -> None:
+    end: list = []
+    measure(results, "idle (baseline)", lambda: end.append(time.perf_counter() + 1.0),
+            lambda: time.perf_counter() >= end[0])
+
+
+def measure_cold_umap(results: list, state, umap_dock) -> None:
+    """UMAP in a new worker that was never warmed up: the job pays the start and the compile."""
     cold_umap_vectors(state)
-    umap_dock.umap_runner.warm_up().result()
+    umap_dock.umap_runner.warm_up().result()  # let the dock's own warm-up end, then start afresh
     umap_dock.umap_runner.stop_worker()
     measure(results, "UMAP, first call in a fresh worker process", umap_dock.compute, lambda: not umap_dock.busy)
 
-    backbone = load_backbone(args.backbone, device="cpu")
-    session = state.session
+
+def measure_embedding(results: list, state, main_dock, backbone_name: str):
+    from napari_dinoloc.core.backbones import load_backbone
+    from napari_dinoloc.core.embedding import EmbedSettings, embed_cells
+
+    backbone = load_backbone(backbone_name, device="cpu")
+    session, sink = state.session, {}
 
     def embed(progress, cancel):  # no cache: measure the work itself
         return embed_cells(session.image, session.labels, backbone, EmbedSettings(device="cpu"),
@@ -158,51 +178,42 @@ def main() -> int:
     measure(results, "embedding the cells (worker thread)", run_job(main_dock.runner, "Embedding", embed, sink),
             lambda: not main_dock.runner.busy)
     state.use_embeddings(backbone, sink["Embedding"])
-    truth = {int(k): v for k, v in field.cell_class.items()}
-    for label, name in choose_annotated({k: v for k, v in truth.items() if k in set(session.embeddings.labels.tolist())}, 0.5).items():
+    return backbone
+
+
+def measure_training(results: list, state, main_dock, field) -> None:
+    from napari_dinoloc.core.demo import choose_annotated
+
+    embedded = set(state.session.embeddings.labels.tolist())
+    truth = {int(k): v for k, v in field.cell_class.items() if int(k) in embedded}
+    for label, name in choose_annotated(truth, 0.5).items():
         state.annotate(label, name)
+    sink: dict = {}
 
     def train(progress, cancel):
-        return session.train_head("mlp", state.annotations.annotations, progress=progress, cancel=cancel)
+        return state.session.train_head("mlp", state.annotations.annotations, progress=progress, cancel=cancel)
 
     measure(results, "training the MLP head (worker thread)", run_job(main_dock.runner, "Training", train, sink),
             lambda: not main_dock.runner.busy)
     state.use_head(sink["Training"])
 
-    measure(results, f"UMAP, warm worker ({len(session.embeddings.labels)} cells)", umap_dock.compute,
-            lambda: not umap_dock.busy)
-    if not args.quick:
-        many = synthetic_embeddings(Embeddings, 3000, session.embeddings.vectors.shape[1])
-        state.use_embeddings(backbone, many)
-        measure(results, "UMAP, warm worker (3000 cells)", umap_dock.compute, lambda: not umap_dock.busy)
-        thread_comparison(results, main_dock.runner, many.vectors)
-
-    viewer.close()
-    app.processEvents()
-    print_table(results)
-    return 0
-
-
-def _after(seconds: float):
-    end = time.perf_counter() + seconds
-    return lambda: time.perf_counter() >= end
-
 
 def cold_umap_vectors(state) -> None:
-    """Embeddings for the cold-UMAP phase (before the real ones exist): 300 random cells."""
-    from napari_dinoloc.core.embedding import Embeddings
-
-    state.session.embeddings = synthetic_embeddings(Embeddings, 300, 384)
+    """Embeddings for the cold-UMAP phase (before the real ones exist): 300 clustered cells."""
+    state.session.embeddings = synthetic_embeddings(300, 384)
     state.embeddings_changed.emit()
 
 
-def synthetic_embeddings(embeddings_class, n: int, dim: int):
+def synthetic_embeddings(n: int, dim: int):
+    """Embeddings of ``n`` made-up cells in 8 clusters."""
     import numpy as np
+
+    from napari_dinoloc.core.embedding import Embeddings
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, dim))
     vectors = (centres[rng.integers(8, size=n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
-    return embeddings_class(np.arange(1, n + 1), vectors, {"backbone": "synthetic"})
+    return Embeddings(np.arange(1, n + 1), vectors, {"backbone": "synthetic"})
 
 
 def thread_comparison(results: list, runner, vectors) -> None:

@@ -13,7 +13,7 @@ from napari_dinoloc.core.evaluation import (
 )
 from napari_dinoloc.core.progress import CancelToken
 
-CURVE_KEYS = {"fraction", "train_cells", "macro_f1", "macro_f1_mean", "macro_f1_std", "fold_macro_f1", "folds", "notes"}
+CURVE_KEYS = {"fraction", "train_cells", "macro_f1_mean", "macro_f1_std", "fold_macro_f1", "folds", "notes"}
 
 
 def blobs(per_class, seed=0, dim=32, k=4, noise=1.0, sizes=None):

@@ -303,3 +303,12 @@ def test_finetune_command_writes_a_bundle_with_the_backbone(field, tmp_path, mon
     assert bundle.weights_hash.startswith("finetuned:")
     out = capsys.readouterr()
     assert "Macro F1" in out.out and "epoch 1" in out.err
+
+
+def test_images_with_channels_in_another_order_give_the_same_crops(field, annotated, backbone):
+    swapped = make_cell_image(field.image[::-1].copy(), field.stains[::-1], name="swapped")
+    embed = EMBED.resolved(backbone)
+    one = collect_annotated_cells(annotated, embed)
+    both = collect_annotated_cells([*annotated, (swapped, field.labels, dict(field.cell_class))], embed)
+    assert both.stains == one.stains and np.array_equal(both.crops[len(one):], one.crops)
+    assert both.origins[len(one)][0] == "swapped"

@@ -192,3 +192,12 @@ def test_closing_the_viewer_stops_the_worker_process(make_napari_viewer, qtbot):
     process = runner._worker.process
     viewer.close()
     qtbot.waitUntil(lambda: process.poll() is not None, timeout=5_000)
+
+
+def test_shift_click_adds_to_the_selection(dock, qtbot):
+    from qtpy.QtCore import Qt
+
+    dock.state.select_cells([int(CELLS[0])])
+    qtbot.mouseClick(dock.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ShiftModifier,
+                     pos=logical_point(dock, dock.layout_xy[6]))
+    assert dock.state.selected == [int(CELLS[0]), int(CELLS[6])]

@@ -8,10 +8,13 @@ DINO backbone + head and 0.860 after fine-tuning. Three levels:
 - ``full``: the whole backbone, with layer-wise learning-rate decay (each block below the top gets
   ``layer_decay`` times the rate of the one above, so early, generic features move least).
 
-The trained model is the engine's own path: crops -> strategy views -> normalisation -> backbone
-tokens -> pooled embedding (cls / mean / cls+mean) -> classifier. The classifier starts as the
-logistic head fitted on the frozen embeddings (linear probing, then fine-tuning: Kumar et al., ICLR
-2022), so training starts from the frozen result instead of distorting features with a random one.
+The trained model is the engine's own path: crops -> Cell-DINO augmentations (augment.py) ->
+strategy views -> normalisation -> backbone tokens -> pooled embedding (cls / mean / cls+mean) ->
+linear classifier, with class-balanced sampling. The classifier starts as the logistic head fitted
+on the frozen embeddings (linear probing, then fine-tuning: Kumar et al., ICLR 2022). Early stopping
+watches the validation macro-F1 of a logistic probe refitted each epoch on that epoch's training
+features: it scores the features the final head will use, and epoch 0 (the frozen backbone) counts,
+so the weights kept are never worse than the frozen ones on the validation cells.
 
 After training, the training cells are embedded again by the engine's ``Embedder`` with the
 fine-tuned weights and a head from ``heads.py`` is fitted on them; the bundle stores that head and
@@ -278,7 +281,7 @@ def compare_frozen_vs_finetuned(
     n_folds, notes = _usable_folds(folds, class_names, y)
     splits = _stratified_folds(y, n_folds, seed)
     began = time.perf_counter()
-    frozen = _frozen_out_of_fold(cells, backbone, embed_settings, settings, class_names, y, splits, cancel)
+    frozen = _frozen_out_of_fold(cells, backbone, embed_settings, settings, class_names, y, splits, progress, cancel)
     frozen_seconds, began = time.perf_counter() - began, time.perf_counter()
     tuned = np.empty(len(y), dtype=np.int64)
     for fold, (train, test) in enumerate(splits):
@@ -292,8 +295,8 @@ def compare_frozen_vs_finetuned(
                               _out_of_fold_evaluation(class_names, y, tuned, splits, notes), settings.level, seconds)
 
 
-def _frozen_out_of_fold(cells, backbone, embed_settings, settings, class_names, y, splits, cancel) -> np.ndarray:
-    vectors = embed_cell_crops(backbone, embed_settings, cells, cancel=cancel)
+def _frozen_out_of_fold(cells, backbone, embed_settings, settings, class_names, y, splits, progress, cancel) -> np.ndarray:
+    vectors = embed_cell_crops(backbone, embed_settings, cells, progress, cancel)
     predicted = np.empty(len(y), dtype=np.int64)
     for train, test in splits:
         check_cancel(cancel)
@@ -377,7 +380,12 @@ def _channel_order(stains: Sequence[str], reference: tuple[str, ...], name: str)
     if sorted(stains) != sorted(reference):
         raise DinolocError(f"The image {name} has the stains {list(stains)} but the first image has {list(reference)}: "
                            "fine-tune on images with the same stains.")
-    return [stains.index(s) for s in reference]
+    unused = list(range(len(stains)))  # 'other' may appear more than once: match those in order
+    order = []
+    for stain in reference:
+        order.append(next(i for i in unused if stains[i] == stain))
+        unused.remove(order[-1])
+    return order
 
 
 def check_annotations(cells: CellSet, class_names: Optional[Sequence[str]] = None,

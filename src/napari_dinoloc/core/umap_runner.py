@@ -299,11 +299,11 @@ class UmapRunner:
 
     # -- internals
     def _run_job(self, request: tuple, progress, cancel) -> np.ndarray:
+        if not self.is_warm:
+            report(progress, 0, 2, "UMAP: preparing its worker (the first time compiles UMAP: up to a minute)")
         self._acquire_job_lock(cancel)
         try:
             worker = self._ensure_worker()
-            if not worker.warm:
-                report(progress, 0, 2, "UMAP: starting the worker (the first time takes up to a minute)")
             job_id = self._new_job_id()
             worker.send((request[0], job_id, *request[1:]))
             result = self._wait_for_answer(worker, job_id, progress, cancel)
@@ -332,7 +332,7 @@ class UmapRunner:
 
     def _wait_for_answer(self, worker: _WorkerProcess, job_id: int, progress, cancel):
         while True:
-            if cancel is not None and cancel.cancelled or self._closed:
+            if (cancel is not None and cancel.cancelled) or self._closed:
                 self.stop_worker()  # a fit cannot be interrupted any other way
                 self._rewarm_later()
                 raise Cancelled("UMAP cancelled.")

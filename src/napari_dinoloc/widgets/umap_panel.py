@@ -19,7 +19,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.path import Path as PolygonPath
 from matplotlib.widgets import LassoSelector
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ..core.umap_runner import UmapRunner, uses_pca_fallback
@@ -96,6 +95,7 @@ class UmapWidget(QWidget):
         self.layout_xy = np.zeros((0, 2), dtype=np.float32)
         self.used_pca = False
         self._ringed_rows = np.zeros(0, dtype=np.int64)
+        self._adding = False  # Shift held when the click or lasso began
         self._legend_entries: list[tuple[str, str]] = []
         self.colours = napari_theme_colours(napari_viewer)
         self._build_controls()
@@ -176,7 +176,10 @@ class UmapWidget(QWidget):
         self.canvas.draw_idle()
 
     def _on_theme_changed(self, event=None) -> None:
-        self.apply_theme(napari_theme_colours(self.viewer))
+        try:
+            self.apply_theme(napari_theme_colours(self.viewer))
+        except RuntimeError:  # the dock was closed (its Qt object deleted) before the viewer
+            pass
 
     # ---- computing -----------------------------------------------------------------------------------
     def compute(self) -> bool:
@@ -305,21 +308,19 @@ class UmapWidget(QWidget):
     def _on_press(self, event) -> None:
         if event.inaxes is not self.ax or event.button != 1 or len(self.cell_labels) == 0:
             return
+        self._adding = _shift_held(event)  # a lasso that starts here adds too
         display_xy = self.ax.transData.transform(self.layout_xy)
         radius = PICK_RADIUS_PIXELS * self.canvas.device_pixel_ratio
         row = nearest_point(display_xy, event.x, event.y, radius)
         picked = [] if row is None else [int(self.cell_labels[row])]
-        self._select(picked, add=_shift_held(event))
+        self._select(picked, add=self._adding)
 
     def _on_lasso(self, vertices) -> None:
         if len(vertices) < 3 or len(self.cell_labels) == 0:
             return  # a click, handled by _on_press
         inside = PolygonPath(vertices).contains_points(self.layout_xy)
         if inside.any():
-            self._select(self.cell_labels[inside].tolist(), add=_shift_held(self._last_lasso_event()))
-
-    def _last_lasso_event(self):
-        return getattr(self.lasso, "_eventrelease", None) or getattr(self.lasso, "_eventpress", None)
+            self._select(self.cell_labels[inside].tolist(), add=self._adding)
 
     def _select(self, labels: Sequence[int], add: bool = False) -> None:
         if add:
@@ -329,8 +330,8 @@ class UmapWidget(QWidget):
 
 
 def _shift_held(event) -> bool:
-    key = getattr(event, "key", None) or ""
-    return "shift" in key
+    # ``modifiers`` (matplotlib >= 3.9) comes from the mouse event itself; ``key`` from key presses.
+    return "shift" in (getattr(event, "modifiers", None) or ()) or "shift" in (getattr(event, "key", None) or "")
 
 
 def _close_quietly(jobs: JobRunner, runner: Optional[UmapRunner]) -> None:
