@@ -93,10 +93,10 @@ def cost_of_training(level: str, cells, backbone, embed, epochs: int) -> dict:
     settings = FinetuneSettings(level=level, blocks=2, batch_size=32, max_batch=32)
     trainer = Trainer(backbone, embed, settings, cells, y, class_names)
     rows = np.arange(len(cells))
-    with Clock() as setup:
-        trainer.init_classifier(rows)  # one forward pass over the cells (the linear probe)
-    trainer.build_optimiser(steps_per_epoch=int(np.ceil(len(rows) / settings.batch_size)))
     generator = torch.Generator().manual_seed(0)
+    with Clock() as setup:
+        trainer.init_classifier(rows, generator)  # one forward pass over the cells (the linear probe)
+    trainer.build_optimiser(steps_per_epoch=int(np.ceil(len(rows) / settings.batch_size)))
     times = [train_one_epoch(trainer, rows, y, generator) for _ in range(epochs)]
     wall, cpu = min(t[0] for t in times), min(t[1] for t in times)
     per_100 = 100 / len(cells)

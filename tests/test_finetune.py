@@ -99,7 +99,7 @@ def test_training_never_changes_the_backbone_passed_in(cells, backbone):
     class_names, y = check_annotations(cells)
     trainer = Trainer(backbone, EMBED.resolved(backbone), FinetuneSettings(level="full"), cells, y, class_names)
     train, val = stratified_split(y, 0.2, seed=0)
-    trainer.init_classifier(train)
+    trainer.init_classifier(train, torch.Generator().manual_seed(0))
     trainer.build_optimiser(steps_per_epoch=4)
     trainer.run_epoch(1, train, val, torch.Generator().manual_seed(0))
     assert not same_state(before, trainer.state_dict())  # the copy was trained...
@@ -179,7 +179,7 @@ def test_gradient_accumulation_matches_one_big_batch(cells, backbone):
     trainer = Trainer(backbone, EMBED.resolved(backbone), FinetuneSettings(level="full", max_batch=16), cells, y, class_names)
     assert all(getattr(m, "p", 0.0) == 0.0 for m in trainer.backbone.model.modules() if isinstance(m, torch.nn.Dropout))
     rows = np.arange(12)
-    trainer.init_classifier(rows)
+    trainer.init_classifier(rows, torch.Generator().manual_seed(0))
     trainer.backbone.model.eval()  # dropout off: the two runs must see the same network
     targets = torch.from_numpy(y[rows])
     crops = cells.crops[rows]

@@ -7,7 +7,7 @@ def open_viewer_with_sample(run: bool = True):
     import napari
 
     viewer = napari.Viewer(title="napari-dinoloc")
-    viewer.open_sample("napari-dinoloc", "synthetic_field")
+    viewer.open_sample("napari-dinoloc", "synthetic")
     viewer.window.add_plugin_dock_widget("napari-dinoloc", "DINO localization")
     if run:
         napari.run()

@@ -47,6 +47,8 @@ LEVELS = ("head", "last-blocks", "full")
 EpochCallback = Callable[[int, float, float], None]
 FINETUNED_HASH_PREFIX = "finetuned:"
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up: the first steps see the largest, least reliable gradients
+import os
+RESYNC = os.environ.get("RESYNC") == "1"
 CLIP_NORM = 1.0  # gradient-norm clip: the probe's confident logits can give huge first gradients
 
 
@@ -474,32 +476,48 @@ class Trainer:
     def classify(self, features):
         return self.classifier((features - self.feature_mean) / self.feature_scale)
 
-    def init_classifier(self, train: np.ndarray, cancel=None) -> None:
-        """A linear layer started from the logistic head on the frozen embeddings of the training cells."""
+    def init_classifier(self, train: np.ndarray, generator, cancel=None) -> None:
+        """A linear layer started from the logistic probe on frozen embeddings of augmented training cells.
+
+        Augmented, as the training batches are: a probe fitted on clean crops is over-confident on
+        augmented ones, and its huge first losses would wreck the features. These features are also
+        epoch 0 of the early-stopping probe, so every epoch is scored the same way."""
         import torch
 
-        frozen = self.embed(train, cancel)
-        self.frozen_features = (frozen, self.y[train])  # epoch 0 of the validation probe
-        tensors, _ = self.fit_probe(frozen, self.y[train]).to_state()
-        self.classifier = torch.nn.Linear(frozen.shape[1], len(self.class_names))
+        frozen = self.embed(train, cancel, generator)
+        self.frozen_features = (frozen, self.y[train])
+        self.classifier = torch.nn.Linear(frozen.shape[1], len(self.class_names)).to(self.device)
+        self.load_probe(self.fit_probe(frozen, self.y[train]))
+
+    def load_probe(self, probe) -> None:
+        """Classifier := a fitted logistic probe (weights and standardisation), with fresh optimiser moments."""
+        import torch
+
+        tensors, _ = probe.to_state()
         with torch.no_grad():
             self.classifier.weight.copy_(torch.from_numpy(tensors["weight"]))
             self.classifier.bias.copy_(torch.from_numpy(tensors["bias"]))
-        self.classifier.to(self.device)
-        # the probe's standardisation stays fixed: it keeps the linear layer well conditioned
         self.feature_mean = torch.from_numpy(tensors["scaler_mean"]).to(self.device)
         self.feature_scale = torch.from_numpy(tensors["scaler_scale"]).to(self.device)
+        if self.optimiser is not None:
+            for parameter in self.classifier.parameters():
+                self.optimiser.state.pop(parameter, None)
 
     def fit_probe(self, features: np.ndarray, y: np.ndarray):
         return make_head("logistic", self.class_names, seed=self.settings.seed).fit_encoded(features, y, self.class_names)
 
-    def embed(self, rows: np.ndarray, cancel=None) -> np.ndarray:
-        """Embeddings of the given cells without augmentation, in eval mode, ``micro_batch`` at a time."""
+    def embed(self, rows: np.ndarray, cancel=None, generator=None) -> np.ndarray:
+        """Embeddings of the given cells in eval mode, ``micro_batch`` at a time; augmented if a generator is given."""
+        import torch
+
         self.backbone.model.eval()
         parts = []
         for start in range(0, len(rows), self.micro_batch):
             check_cancel(cancel)
-            parts.append(self.embedder.embed_batch(self.cells.crops[rows[start:start + self.micro_batch]], self.cells.stains))
+            crops = self.cells.crops[rows[start:start + self.micro_batch]]
+            if generator is not None:
+                crops = augment_crops(torch.from_numpy(crops), self.cells.stains, self.settings.augment, generator).numpy()
+            parts.append(self.embedder.embed_batch(crops, self.cells.stains))
         return np.concatenate(parts)
 
     # -- optimisation ---------------------------------------------------------------------------
@@ -564,9 +582,9 @@ class Trainer:
 
         with seeded(self.settings.seed, self.device):
             generator = torch.Generator().manual_seed(self.settings.seed)
-            self.init_classifier(train, cancel)
+            self.init_classifier(train, generator, cancel)
             self.build_optimiser(math.ceil(len(train) / self.settings.batch_size))
-            start = self.validate(val, *self.frozen_features)
+            start, _ = self.validate(val, *self.frozen_features)
             best = EarlyStopping(self.settings.patience, start["val_f1"], start["val_loss"], self.snapshot())
             history = []
             for epoch in range(1, self.settings.epochs + 1):
@@ -601,27 +619,21 @@ class Trainer:
                    f"Fine-tuning: epoch {epoch} of {self.settings.epochs}")
         if not all(np.isfinite(losses)):
             raise DinolocError("Fine-tuning diverged (the loss is not a number): lower the learning rate (--lr, --head-lr).")
-        scores = self.validate(val, np.concatenate(features), self.y[np.concatenate(batches)])
+        scores, probe = self.validate(val, np.concatenate(features), self.y[np.concatenate(batches)])
+        if RESYNC:
+            self.load_probe(probe)
         return {"epoch": epoch, "train_loss": float(sum(losses) / len(order)), **scores,
                 "seconds": time.perf_counter() - began, "micro_batch": self.micro_batch}
 
-    def validate(self, val: np.ndarray, train_features: np.ndarray, train_y: np.ndarray) -> dict:
-        """Scores on the validation cells. ``val_f1``, the early-stopping criterion, is the macro-F1 of a
-        logistic probe fitted on this epoch's training features: it scores the features the final head
-        will see, not the jointly trained classifier (which lags while the features move)."""
-        import torch
-        import torch.nn.functional as F
-
-        val_features = self.embed(val)
+    def validate(self, val: np.ndarray, train_features: np.ndarray, train_y: np.ndarray):
+        """(scores, probe): macro-F1 and log-loss on the validation cells of a logistic probe fitted on
+        this epoch's training features. It scores the features the final head will see, not the jointly
+        trained classifier, which lags behind while the features move."""
         probe = self.fit_probe(train_features, train_y)
-        features = torch.from_numpy(val_features).to(self.device)
-        self.classifier.eval()
-        with torch.no_grad():
-            logits = self.classify(features)
-            loss = float(F.cross_entropy(logits, torch.from_numpy(self.y[val]).to(self.device)))
-        n_classes = len(self.class_names)
-        return {"val_f1": macro_f1(self.y[val], probe.predict_proba(val_features).argmax(axis=1), n_classes),
-                "val_loss": loss, "classifier_val_f1": macro_f1(self.y[val], logits.argmax(dim=1).cpu().numpy(), n_classes)}
+        proba = probe.predict_proba(self.embed(val)).astype(np.float64)
+        truth = self.y[val]
+        loss = float(-np.mean(np.log(np.maximum(proba[np.arange(len(truth)), truth], 1e-12))))
+        return {"val_f1": macro_f1(truth, proba.argmax(axis=1), len(self.class_names)), "val_loss": loss}, probe
 
     def snapshot(self) -> dict:
         return {"trainable": [p.detach().clone() for p in self.trainable],

@@ -1,0 +1,386 @@
+"""Step 5: fine-tune the backbone on the annotated cells, watch it learn, then use or save it.
+
+The engine does the work (``core.finetune``); this panel collects the settings, runs it through the
+dock's JobRunner and shows the loss and validation macro-F1 of every epoch as they come. Nothing in
+the session changes until "Use for all cells": a cancelled or unused run leaves the current
+backbone, embeddings and classifier as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtGui import QDoubleValidator
+from qtpy.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QSpinBox,
+    QVBoxLayout, QWidget,
+)
+
+from ..core.errors import DinolocError
+from ..core.finetune import FINETUNED_HASH_PREFIX, FinetuneSettings
+from ._workers import notify_info, reports_errors
+
+DEFAULTS = FinetuneSettings()
+LEVEL_LABELS = {
+    "head": "Head only (backbone frozen)",
+    "last-blocks": "Last N blocks",
+    "full": "Whole backbone",
+}
+BUNDLE_FILES = "napari-dinoloc models (*.dinoloc);;All files (*)"
+LOSS_COLOUR, F1_COLOUR = "#e5954d", "#5ab4e5"
+EMPTY_PLOT = "Loss and validation macro-F1\nappear here, one point per epoch."
+
+
+# ---- what the panel hands the engine ---------------------------------------------------------------
+def embed_settings_of(embeddings, base):
+    """``base`` (device, batch size) with what shaped the current embeddings: fine-tuning must crop,
+    resize and pool exactly as they were made, or the fine-tuned model would see other inputs."""
+    signature = embeddings.signature
+    return replace(base, strategy=signature["strategy"], embedding=signature["embedding"],
+                   crop_size=signature["crop_size"], input_size=signature["input_size"],
+                   mask_background=bool(signature["mask_background"]),
+                   precision=signature.get("precision", base.precision))
+
+
+def check_classes(annotations: dict, class_names) -> None:
+    """The engine's own class checks (two classes, two cells each), before any crop is made."""
+    from ..core.heads import encode_classes
+
+    if not annotations:
+        raise DinolocError("No annotated cells yet: click cells of at least two classes (step 3), then fine-tune.")
+    encode_classes(list(annotations.values()), len(annotations), class_names)
+
+
+def is_fine_tuned(backbone) -> bool:
+    return str(getattr(backbone, "weights_hash", "")).startswith(FINETUNED_HASH_PREFIX)
+
+
+@dataclass
+class FinetuneRun:
+    """A finished run and what it started from (a bundle and "use for all cells" need the base)."""
+
+    result: Any          # core.finetune.FinetuneResult
+    base: Any            # the LoadedBackbone fine-tuning started from (never modified)
+
+
+# ---- the live plot -------------------------------------------------------------------------------------
+class EpochRelay(QObject):
+    # Emitted in the worker thread by the engine's on_epoch; Qt queues it to the main thread.
+    epoch_done = Signal(int, float, float)
+
+
+class LivePlot(FigureCanvasQTAgg):
+    """Training loss (left axis) and validation macro-F1 (right axis, 0-1) per epoch."""
+
+    def __init__(self, colours: dict):
+        figure = Figure(figsize=(3.4, 2.3), dpi=100, layout="constrained")
+        super().__init__(figure)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setFixedHeight(210)
+        self.loss_axes = figure.add_subplot(111)
+        self.f1_axes = self.loss_axes.twinx()
+        (self.loss_line,) = self.loss_axes.plot([], [], "o-", color=LOSS_COLOUR, markersize=3, label="training loss")
+        (self.f1_line,) = self.f1_axes.plot([], [], "s-", color=F1_COLOUR, markersize=3, label="validation macro-F1")
+        self.message = self.loss_axes.text(0.5, 0.5, EMPTY_PLOT, transform=self.loss_axes.transAxes,
+                                           ha="center", va="center", fontsize=8)
+        self._style(colours)
+        self.clear()
+
+    def _style(self, colours: dict) -> None:
+        self.figure.set_facecolor(colours["background"])
+        self.loss_axes.set_facecolor(colours["canvas"])
+        text = colours["text"]
+        for axes, label, colour in ((self.loss_axes, "loss", LOSS_COLOUR), (self.f1_axes, "val. macro-F1", F1_COLOUR)):
+            axes.set_ylabel(label, color=colour, fontsize=8)
+            axes.tick_params(colors=text, labelsize=7)
+            for spine in axes.spines.values():
+                spine.set_color(colours["secondary"])
+        self.loss_axes.set_xlabel("epoch", color=text, fontsize=8)
+        self.loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        self.f1_axes.set_ylim(0, 1.02)
+        self.loss_axes.title.set_color(text)
+        self.loss_axes.title.set_fontsize(8)
+        self.message.set_color(text)
+
+    def clear(self, title: str = "") -> None:
+        for line in (self.loss_line, self.f1_line):
+            line.set_data([], [])
+        self.message.set_visible(True)
+        self.set_title(title)
+
+    def add_point(self, epoch: int, loss: float, f1: float) -> None:
+        self.message.set_visible(False)
+        for line, value in ((self.loss_line, loss), (self.f1_line, f1)):
+            line.set_data([*line.get_xdata(), epoch], [*line.get_ydata(), value])
+        self._fit_axes()
+        self.draw_idle()
+
+    def epochs(self) -> list[int]:
+        return [int(x) for x in self.loss_line.get_xdata()]
+
+    def set_title(self, title: str) -> None:
+        self.loss_axes.set_title(title)
+        self.draw_idle()
+
+    def _fit_axes(self) -> None:
+        epochs, losses = self.loss_line.get_xdata(), [v for v in self.loss_line.get_ydata() if v > 0]
+        self.loss_axes.set_xlim(0.5, max(epochs) + 0.5)
+        # A diverging first epoch would flatten every later point on a linear axis.
+        spread = max(losses) / min(losses) if losses else 1.0
+        self.loss_axes.set_yscale("log" if spread > 30 else "linear")
+        self.loss_axes.relim()
+        self.loss_axes.autoscale_view(scalex=False)
+
+
+# ---- the panel ------------------------------------------------------------------------------------------
+class FinetunePanel(QWidget):
+    def __init__(self, state, runner, model_choice: Callable[[], dict] = dict,
+                 head_kind: Callable[[], str] = lambda: "logistic", parent=None):
+        super().__init__(parent)
+        self.state, self.runner = state, runner
+        self._model_choice = model_choice  # the Model step's device and batch size
+        self._head_kind = head_kind        # the classifier chosen in step 4
+        self.last_run: Optional[FinetuneRun] = None
+        self.relay = EpochRelay()
+        self._build()
+        self.relay.epoch_done.connect(self.plot.add_point)
+
+    def _build(self) -> None:
+        self.level = QComboBox()
+        for level, text in LEVEL_LABELS.items():
+            self.level.addItem(text, level)
+        self.level.setToolTip("Head only: seconds. Last N blocks: about one embedding pass per epoch. "
+                              "Whole backbone: 2-3x that, with smaller rates for earlier blocks.")
+        self.blocks = _spin(1, 48, DEFAULTS.blocks, "How many transformer blocks from the top are trained.")
+        self.epochs = _spin(1, 500, DEFAULTS.epochs, f"At most this many; training stops early when the validation "
+                                                      f"macro-F1 has not improved for {DEFAULTS.patience} epochs.")
+        self.lr = QLineEdit(f"{DEFAULTS.lr:g}")
+        self.lr.setValidator(_rate_validator())
+        self.lr.setToolTip(f"Learning rate of the backbone; the classifier trained with it gets "
+                           f"{DEFAULTS.head_lr / DEFAULTS.lr:g}x. Pretrained DINO weights: 1e-4; random weights need about 1e-3.")
+        self.start_button = QPushButton("Fine-tune")
+        self.start_button.setToolTip("Train on the annotated cells in the background (Cancel below stops it; "
+                                     "the current model stays in use until you press Use for all cells).")
+        self.use_button = QPushButton("Use for all cells")
+        self.use_button.setToolTip("Embed every cell again with the fine-tuned backbone and predict with its classifier.")
+        self.save_button = QPushButton("Save model…")
+        self.save_button.setToolTip("The fine-tuned backbone and its classifier as one .dinoloc file "
+                                    "(step 4 ▸ Saved model uses it on other images).")
+        self.plot = LivePlot(_theme_colours(self.state.viewer))
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("color: gray;")
+        self._lay_out()
+        self._connect()
+        self._show_level()
+        self._show_run()
+
+    def _lay_out(self) -> None:
+        form = QFormLayout()
+        form.addRow("Train", self.level)
+        form.addRow("Blocks (N)", self.blocks)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Learning rate", self.lr)
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.use_button, self.save_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.summary)
+
+    def _connect(self) -> None:
+        self.level.currentIndexChanged.connect(lambda _=None: self._show_level())
+        self.start_button.clicked.connect(lambda _=False: self.start())
+        self.use_button.clicked.connect(lambda _=False: self.use_for_all_cells())
+        self.save_button.clicked.connect(lambda _=False: self._ask_save_path())
+
+    def _show_level(self) -> None:
+        self.blocks.setEnabled(self.level.currentData() == "last-blocks")
+
+    def _show_run(self) -> None:
+        for button in (self.use_button, self.save_button):
+            button.setEnabled(self.last_run is not None)
+
+    # ---- choices -----------------------------------------------------------------------------------------
+    def choose(self, level: str = "last-blocks", blocks: int = DEFAULTS.blocks, epochs: int = DEFAULTS.epochs,
+               lr: float = DEFAULTS.lr) -> None:
+        """Set the controls (tests, screenshots)."""
+        self.level.setCurrentIndex(self.level.findData(level))
+        self.blocks.setValue(blocks)
+        self.epochs.setValue(epochs)
+        self.lr.setText(f"{lr:g}")
+
+    def settings(self) -> FinetuneSettings:
+        lr = _positive_rate(self.lr.text())
+        return replace(DEFAULTS, level=self.level.currentData(), blocks=self.blocks.value(), epochs=self.epochs.value(),
+                       lr=lr, head_lr=lr * DEFAULTS.head_lr / DEFAULTS.lr, head_kind=self._head_kind()).checked()
+
+    def starting_point(self):
+        """(backbone fine-tuning starts from, embedding settings of the current embeddings)."""
+        session = self.state.session
+        session._require_embeddings()
+        base = getattr(session.backbone, "_finetuned_from", session.backbone)
+        if is_fine_tuned(base):  # loaded from a bundle: its base weights are unknown here
+            raise DinolocError("The cells are embedded with a fine-tuned model loaded from a file. Embed them with the "
+                               "base backbone (step 2 ▸ Embed cells) and fine-tune from there.")
+        choice = self._model_choice().get("settings") or _default_embed_settings()
+        return base, embed_settings_of(session.embeddings, choice)
+
+    # ---- fine-tuning -------------------------------------------------------------------------------------
+    @reports_errors("Fine-tuning")
+    def start(self) -> bool:
+        from ..core.finetune import finetune
+
+        session, store = self.state.session, self.state.annotations
+        settings = self.settings()
+        base, embed_settings = self.starting_point()
+        annotations = dict(store.annotations)  # a copy: clicks during training do not change this run
+        check_classes(annotations, store.used_class_names())
+        cells = [(session.image, session.labels, annotations)]
+        on_epoch = self.relay.epoch_done.emit
+
+        def work(progress, cancel):
+            return finetune(cells, base, embed_settings, settings, progress, cancel, on_epoch)
+
+        started = self.runner.run("Fine-tuning", work, lambda result: self._finished(result, base),
+                                  on_error=lambda error: self.plot.set_title("stopped: nothing was changed"))
+        if started:
+            self.plot.clear(f"{LEVEL_LABELS[settings.level].lower()}: up to {settings.epochs} epochs")
+        return started
+
+    def _finished(self, result, base) -> None:
+        self.last_run = FinetuneRun(result, base)
+        self._show_run()
+        self.plot.set_title(epochs_title(result))
+        self.summary.setText(run_summary(result))
+        notify_info(f"Fine-tuning done: {run_summary(result)} Press Use for all cells to predict with it, or save it.")
+
+    # ---- using and saving the result -----------------------------------------------------------------------
+    @reports_errors("Using the fine-tuned model")
+    def use_for_all_cells(self) -> bool:
+        from ..core.finetune import apply_finetuned
+
+        session, run = self.state.session, self._require_run()
+        session._require_cells()
+        self._check_fits(run)
+        labels, settings = session.labels, run.result.embed_settings
+
+        def work(progress, cancel):
+            backbone = apply_finetuned(run.base, run.result)
+            return backbone, session.compute_embeddings(settings, backbone, progress=progress, cancel=cancel)
+
+        return self.runner.run("Embedding with the fine-tuned backbone", work,
+                               lambda done: self._use(labels, run, *done))
+
+    def _use(self, labels, run: FinetuneRun, backbone, embeddings) -> None:
+        if self.state.session.labels is not labels:
+            notify_info("The cells changed meanwhile: press Use for all cells again.")
+            return
+        if backbone is not run.base:
+            backbone._finetuned_from = run.base  # fine-tuning again starts from the base weights
+        self.state.use_embeddings(backbone, embeddings)
+        self.state.use_head(run.result.head)
+        notify_info(f"Predicting with the fine-tuned model: {len(embeddings.labels)} cells embedded again "
+                    f"(weights {backbone.weights_hash[:22]}…).")
+
+    def _check_fits(self, run: FinetuneRun) -> None:
+        from ..core.bundle import check_bundle_fits
+
+        check_bundle_fits(self._bundle(run), self.state.session.image.stains)
+
+    def _ask_save_path(self) -> None:
+        image = self.state.session.image
+        folder = Path(self.state.image_path).parent if self.state.image_path else Path.cwd()
+        default = folder / f"{image.name if image else 'model'}-finetuned.dinoloc"
+        path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned model", str(default), BUNDLE_FILES)
+        if path:
+            self.save_model(path)
+
+    @reports_errors("Saving the fine-tuned model")
+    def save_model(self, path: str) -> bool:
+        from ..core.bundle import save_bundle
+
+        bundle = self._bundle(self._require_run())
+
+        def work(progress, cancel):
+            return save_bundle(bundle, path, cancel=cancel, progress=progress)
+
+        return self.runner.run("Saving the fine-tuned model", work, _saved)
+
+    def _bundle(self, run: FinetuneRun):
+        from ..core.finetune import finetune_bundle
+
+        return finetune_bundle(run.result, run.base)
+
+    def _require_run(self) -> FinetuneRun:
+        if self.last_run is None:
+            raise DinolocError("Nothing fine-tuned yet: annotate cells of two or more classes and press Fine-tune.")
+        return self.last_run
+
+
+# ---- texts -------------------------------------------------------------------------------------------------
+def epochs_title(result) -> str:
+    metrics, ran = result.metrics, len(result.history)
+    if not ran:
+        return "head only: the backbone was not trained"
+    ending = "stopped early" if metrics.get("stopped_early") else "done"
+    return f"{ending} after {ran} epoch{'s' * (ran != 1)}; best epoch {metrics.get('best_epoch', '?')}"
+
+
+def run_summary(result) -> str:
+    metrics = result.metrics
+    cells = f"{metrics.get('train_cells', '?')} training and {metrics.get('val_cells', '?')} validation cells"
+    if "initial_val_f1" in metrics:
+        return (f"validation macro-F1 {metrics['initial_val_f1']:.2f} (frozen) → {metrics['best_val_f1']:.2f} "
+                f"(best epoch {metrics['best_epoch']}); {cells}.")
+    return f"validation macro-F1 {metrics.get('macro_f1', 0.0):.2f} (head only); {cells}."
+
+
+def _saved(path) -> None:
+    notify_info(f"Saved the fine-tuned model to {path}: choose it under step 4 ▸ Saved model to use it on other images.")
+
+
+# ---- small helpers ----------------------------------------------------------------------------------------
+def _spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setValue(value)
+    spin.setToolTip(tip)
+    return spin
+
+
+def _rate_validator() -> QDoubleValidator:
+    validator = QDoubleValidator(1e-9, 1.0, 12)
+    validator.setNotation(QDoubleValidator.Notation.ScientificNotation)
+    return validator
+
+
+def _positive_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise DinolocError(f"The learning rate must be a positive number such as 1e-4 (got {text!r}).")
+    return value
+
+
+def _default_embed_settings():
+    from ..core.embedding import EmbedSettings
+
+    return EmbedSettings()
+
+
+def _theme_colours(viewer) -> dict:
+    from .umap_panel import napari_theme_colours
+
+    return napari_theme_colours(viewer)
