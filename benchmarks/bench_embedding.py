@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,24 @@ def ready_batches(backbone, image, labels, table, batch_size: int, batches: int)
     crops = iter_cell_crops(image, labels, table, embedder.settings.crop_size, True, batch_size)
     return [embedder.prepare(batch, image.stains).inputs.to(backbone.device)
             for _, (_, batch) in zip(range(batches), crops)]
+
+
+def preparation_rate(backbone, image, labels, table, batch_size: int) -> tuple[float, float]:
+    """Cells/s of everything the engine does besides the forward pass (crop, mask, map, normalise),
+    on one thread as in the engine's crop thread."""
+    embedder = Embedder(backbone, EmbedSettings(batch_size=batch_size, precision="fp32"))
+    clock = Clock()
+
+    def prepare_all():
+        torch.set_num_threads(1)  # per thread: the main thread keeps its setting
+        with clock:
+            for _, crops in iter_cell_crops(image, labels, table, embedder.settings.crop_size, True, batch_size):
+                embedder.prepare(crops, image.stains)
+
+    worker = threading.Thread(target=prepare_all)
+    worker.start()
+    worker.join()
+    return clock.rates(len(table))
 
 
 def bare_forward_rate(backbone, inputs: list, precision: str) -> tuple[float, float]:
@@ -143,6 +162,7 @@ def compare(args, backbone, image, labels, table) -> dict:
     best: dict = {}
     used, vectors = {}, {}
     inputs = ready_batches(backbone, image, subset, subset_table, args.batch_size, args.bare_batches)
+    best["prepare"] = preparation_rate(backbone, image, subset, subset_table, args.batch_size)
     for round_ in range(args.rounds):
         naive = naive_loop_rate(backbone, image, labels, table, min(args.naive_cells, len(table)))
         keep_best(best, "naive", naive)
@@ -162,6 +182,7 @@ def report_comparison(args, outcome) -> None:
     naive = best["naive"]
     precisions = args.precisions.split(",")
     print(f"best of {args.rounds} round(s), cells/s as wall | per CPU-second")
+    print(f"crop + mask + map + normalise alone (no model): {best['prepare'][0]:.1f} | {best['prepare'][1]:.1f}")
     print(f"naive per-cell loop (batch 1, fp32): {naive[0]:.2f} | {naive[1]:.2f}")
     for precision in precisions:
         engine, bare = best[("engine", precision)], best[("bare", precision)]

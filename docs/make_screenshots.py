@@ -19,6 +19,8 @@ import timm  # noqa: F401
 IMAGES = Path(__file__).resolve().parent / "images"
 WINDOW_SIZE = (1500, 950)
 CELLS_PER_CLASS = 3
+FINETUNE_EPOCHS = 8
+FINETUNE_LR = 1e-4  # the default, for pretrained weights; random-tiny learns little either way
 
 
 def wait_until_idle(dock, app) -> None:
@@ -101,7 +103,34 @@ def main() -> None:
     dock.show_step(3)
     hover_a_cell(viewer, dock)
     save(viewer, app, "05-predicted.png")
+
+    finetune_and_report(viewer, dock, app)
     viewer.close()
+
+
+def finetune_and_report(viewer, dock, app) -> None:
+    """Step 5 with its live plot after a run, then step 6 comparing frozen and fine-tuned."""
+    dock.finetune_panel.choose("last-blocks", blocks=1, epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR)
+    dock.finetune_panel.start()
+    wait_until_idle(dock, app)
+    scroll_to_step(dock, app, 4)
+    save(viewer, app, "06-finetune.png")
+
+    dock.finetune_panel.choose("last-blocks", blocks=1, epochs=3, lr=FINETUNE_LR)  # one run per fold: keep it short
+    dock.report_panel.folds.setValue(3)
+    dock.report_panel.compare.setChecked(True)
+    dock.report_panel.evaluate()
+    wait_until_idle(dock, app)
+    scroll_to_step(dock, app, 5)
+    save(viewer, app, "07-report.png")
+
+
+def scroll_to_step(dock, app, index: int) -> None:
+    """Step ``index`` at the top of the dock, once its new content (plot title, pictures) is laid out."""
+    for _ in range(5):
+        app.processEvents()
+        time.sleep(0.05)
+    dock.scroll.verticalScrollBar().setValue(dock.sections[index].y())
 
 
 if __name__ == "__main__":

@@ -197,3 +197,27 @@ def test_untrained_head_and_bad_metadata_are_refused(tmp_path):
     with pytest.raises(DinolocError, match="Unknown stain"):
         save_bundle(bundle, tmp_path / "m.dinoloc")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bundle_of_a_head_on_a_finetuned_backbone_carries_its_weights(tmp_path):
+    """A head trained on fine-tuned embeddings is useless without those weights: they travel along."""
+    import torch
+
+    from napari_dinoloc.core.backbones import load_backbone
+    from napari_dinoloc.core.bundle import backbone_for_bundle, bundle_for_head, load_bundle, save_bundle
+    from napari_dinoloc.core.embedding import EmbedSettings
+    from napari_dinoloc.core.finetune import apply_finetuned
+    from napari_dinoloc.core.heads import train_head
+
+    base = load_backbone("random-tiny", device="cpu")
+    state = {k: v.detach().numpy() + 0.01 for k, v in base.model.state_dict().items()}
+    tuned = apply_finetuned(base, state)
+    assert tuned.base_weights_hash == base.weights_hash != tuned.weights_hash
+    rng = np.random.default_rng(0)
+    head = train_head("knn", rng.normal(size=(6, 64)).astype(np.float32), ["a", "a", "a", "b", "b", "b"])
+    bundle = bundle_for_head(head, tuned, ("nucleus", "protein"), EmbedSettings(crop_size=64), ["a"] * 3 + ["b"] * 3)
+    path = save_bundle(bundle, tmp_path / "tuned.dinoloc")
+    reloaded = backbone_for_bundle(load_bundle(path), device="cpu")
+    assert reloaded.weights_hash == tuned.weights_hash
+    for key, value in tuned.model.state_dict().items():
+        assert torch.equal(reloaded.model.state_dict()[key], value)

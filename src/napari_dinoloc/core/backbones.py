@@ -122,7 +122,10 @@ class LoadedBackbone:
     embed_dim: int
     device: Any  # torch.device
     #: reduced-precision checks already passed or failed with this model: see embedding.Embedder
-    precision_checks: dict = field(default_factory=dict, repr=False, compare=False)
+    #: (init=False: dataclasses.replace, e.g. with fine-tuned weights, starts a fresh record)
+    precision_checks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: set on fine-tuned backbones (finetune.apply_finetuned): the weights fine-tuning started from
+    base_weights_hash: str | None = None
 
     @property
     def name(self) -> str:

@@ -334,11 +334,16 @@ def bundle_for_head(head: Head, backbone, stains: Sequence[str], settings, class
     from collections import Counter
 
     resolved = settings.resolved(backbone)
+    state, extra = None, {}
+    if backbone.base_weights_hash:  # fine-tuned: the bundle must carry the weights themselves
+        state = {k: v.detach().to("cpu").numpy() for k, v in backbone.model.state_dict().items()}
+        extra = {"finetune": {"base_weights_hash": backbone.base_weights_hash}}
     return ModelBundle(
         head=head, backbone_name=backbone.name, weights_hash=backbone.weights_hash, stains=tuple(stains),
         strategy=resolved.strategy, embedding=resolved.embedding, crop_size=resolved.crop_size,
         input_size=resolved.input_size, normalization=backbone.spec.normalization,
         mask_background=resolved.mask_background, class_counts=dict(Counter(classes)), metrics=dict(metrics or {}), seed=seed,
+        backbone_state=state, extra=extra,
     )
 
 

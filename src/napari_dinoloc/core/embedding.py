@@ -97,7 +97,8 @@ class Embedder:
 
     def _check_key(self) -> tuple:
         s = self.settings
-        return (self.backbone.device.type, str(self.autocast), s.strategy, s.embedding, s.input_size)
+        return (self.backbone.weights_hash, self.backbone.device.type, str(self.autocast), s.strategy,
+                s.embedding, s.input_size)
 
     def output_dim(self, stains: Sequence[str]) -> int:
         per_view = self.backbone.embed_dim * (2 if self.settings.embedding == "cls+mean" else 1)
@@ -212,6 +213,12 @@ class Prefetcher:
             yield item
 
     def _produce(self) -> None:
+        if self._embedder.backbone.device.type == "cpu":
+            import torch
+
+            # this thread's own setting: small ops run 6x more CPU-efficiently on one thread, and the
+            # model in the main thread keeps every core (measured in benchmarks/README.md)
+            torch.set_num_threads(1)
         try:
             for ids, crops in self._batches:
                 if not self._put((ids, self._embedder.prepare(crops, self._stains))):

@@ -10,11 +10,12 @@ DINO backbone + head and 0.860 after fine-tuning. Three levels:
 
 The trained model is the engine's own path: crops -> Cell-DINO augmentations (augment.py) ->
 strategy views -> normalisation -> backbone tokens -> pooled embedding (cls / mean / cls+mean) ->
-linear classifier, with class-balanced sampling. The classifier starts as the logistic head fitted
-on the frozen embeddings (linear probing, then fine-tuning: Kumar et al., ICLR 2022). Early stopping
-watches the validation macro-F1 of a logistic probe refitted each epoch on that epoch's training
-features: it scores the features the final head will use, and epoch 0 (the frozen backbone) counts,
-so the weights kept are never worse than the frozen ones on the validation cells.
+linear classifier, with class-balanced sampling. The classifier starts as the logistic probe fitted
+on frozen embeddings of augmented training cells (linear probing, then fine-tuning: Kumar et al.,
+ICLR 2022). Early stopping watches the validation macro-F1 of a logistic probe refitted each epoch
+on the features that epoch's training steps produced: it scores the features the final head will
+use, and epoch 0 (the frozen backbone) competes too, so the weights kept are never worse than the
+frozen ones on the validation cells.
 
 After training, the training cells are embedded again by the engine's ``Embedder`` with the
 fine-tuned weights and a head from ``heads.py`` is fitted on them; the bundle stores that head and
@@ -47,8 +48,6 @@ LEVELS = ("head", "last-blocks", "full")
 EpochCallback = Callable[[int, float, float], None]
 FINETUNED_HASH_PREFIX = "finetuned:"
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up: the first steps see the largest, least reliable gradients
-import os
-RESYNC = os.environ.get("RESYNC") == "1"
 CLIP_NORM = 1.0  # gradient-norm clip: the probe's confident logits can give huge first gradients
 
 
@@ -93,7 +92,7 @@ class FinetuneResult:
     backbone_state: Optional[dict[str, np.ndarray]]  # full state dict; None for level "head"
     weights_hash: str  # of the fine-tuned weights (the base weights for level "head")
     head: Head  # fitted on the fine-tuned embeddings of all annotated cells
-    history: list[dict]  # per epoch: epoch, train_loss, val_f1, val_loss, classifier_val_f1, seconds, micro_batch
+    history: list[dict]  # per epoch: epoch, train_loss, val_f1, val_loss (of the probe), seconds, micro_batch
     metrics: dict  # validation scores (Evaluation.to_dict()) + best_epoch, stopped_early, cells...
     class_names: tuple[str, ...]
     class_counts: dict[str, int]
@@ -197,7 +196,8 @@ def apply_finetuned(backbone, result_or_state):
         raise DinolocError(f"The fine-tuned weights do not fit the backbone {backbone.name!r} ({first}): "
                            "load the backbone the model was fine-tuned from.") from exc
     model.eval().to(backbone.device)
-    return replace(backbone, model=model, weights_hash=state_hash(state))
+    base = backbone.base_weights_hash or backbone.weights_hash
+    return replace(backbone, model=model, weights_hash=state_hash(state), base_weights_hash=base)
 
 
 def state_hash(state: Mapping[str, object]) -> str:
@@ -470,9 +470,6 @@ class Trainer:
         pooled = pool_tokens(tokens, self.embedder.settings.embedding, self.backbone.num_prefix_tokens)
         return pooled.reshape(prepared.n_views, prepared.batch, -1).permute(1, 0, 2).reshape(prepared.batch, -1)
 
-    def logits(self, crops: np.ndarray):
-        return self.classify(self.features(crops))
-
     def classify(self, features):
         return self.classifier((features - self.feature_mean) / self.feature_scale)
 
@@ -486,22 +483,15 @@ class Trainer:
 
         frozen = self.embed(train, cancel, generator)
         self.frozen_features = (frozen, self.y[train])
-        self.classifier = torch.nn.Linear(frozen.shape[1], len(self.class_names)).to(self.device)
-        self.load_probe(self.fit_probe(frozen, self.y[train]))
-
-    def load_probe(self, probe) -> None:
-        """Classifier := a fitted logistic probe (weights and standardisation), with fresh optimiser moments."""
-        import torch
-
-        tensors, _ = probe.to_state()
+        tensors, _ = self.fit_probe(frozen, self.y[train]).to_state()
+        self.classifier = torch.nn.Linear(frozen.shape[1], len(self.class_names))
         with torch.no_grad():
             self.classifier.weight.copy_(torch.from_numpy(tensors["weight"]))
             self.classifier.bias.copy_(torch.from_numpy(tensors["bias"]))
+        self.classifier.to(self.device)
+        # the probe's standardisation stays fixed: it keeps the linear layer well conditioned
         self.feature_mean = torch.from_numpy(tensors["scaler_mean"]).to(self.device)
         self.feature_scale = torch.from_numpy(tensors["scaler_scale"]).to(self.device)
-        if self.optimiser is not None:
-            for parameter in self.classifier.parameters():
-                self.optimiser.state.pop(parameter, None)
 
     def fit_probe(self, features: np.ndarray, y: np.ndarray):
         return make_head("logistic", self.class_names, seed=self.settings.seed).fit_encoded(features, y, self.class_names)
@@ -584,7 +574,7 @@ class Trainer:
             generator = torch.Generator().manual_seed(self.settings.seed)
             self.init_classifier(train, generator, cancel)
             self.build_optimiser(math.ceil(len(train) / self.settings.batch_size))
-            start, _ = self.validate(val, *self.frozen_features)
+            start = self.validate(val, *self.frozen_features)
             best = EarlyStopping(self.settings.patience, start["val_f1"], start["val_loss"], self.snapshot())
             history = []
             for epoch in range(1, self.settings.epochs + 1):
@@ -619,21 +609,19 @@ class Trainer:
                    f"Fine-tuning: epoch {epoch} of {self.settings.epochs}")
         if not all(np.isfinite(losses)):
             raise DinolocError("Fine-tuning diverged (the loss is not a number): lower the learning rate (--lr, --head-lr).")
-        scores, probe = self.validate(val, np.concatenate(features), self.y[np.concatenate(batches)])
-        if RESYNC:
-            self.load_probe(probe)
+        scores = self.validate(val, np.concatenate(features), self.y[np.concatenate(batches)])
         return {"epoch": epoch, "train_loss": float(sum(losses) / len(order)), **scores,
                 "seconds": time.perf_counter() - began, "micro_batch": self.micro_batch}
 
-    def validate(self, val: np.ndarray, train_features: np.ndarray, train_y: np.ndarray):
-        """(scores, probe): macro-F1 and log-loss on the validation cells of a logistic probe fitted on
+    def validate(self, val: np.ndarray, train_features: np.ndarray, train_y: np.ndarray) -> dict:
+        """Macro-F1 and log-loss on the validation cells of a logistic probe fitted on
         this epoch's training features. It scores the features the final head will see, not the jointly
         trained classifier, which lags behind while the features move."""
         probe = self.fit_probe(train_features, train_y)
         proba = probe.predict_proba(self.embed(val)).astype(np.float64)
         truth = self.y[val]
         loss = float(-np.mean(np.log(np.maximum(proba[np.arange(len(truth)), truth], 1e-12))))
-        return {"val_f1": macro_f1(truth, proba.argmax(axis=1), len(self.class_names)), "val_loss": loss}, probe
+        return {"val_f1": macro_f1(truth, proba.argmax(axis=1), len(self.class_names)), "val_loss": loss}
 
     def snapshot(self) -> dict:
         return {"trainable": [p.detach().clone() for p in self.trainable],

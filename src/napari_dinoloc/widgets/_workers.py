@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
 
 from ..core.errors import Cancelled, DinolocError
 from ..core.progress import CancelToken
@@ -80,6 +80,8 @@ class JobBar(QWidget):
         super().__init__(parent)
         self.status = QLabel("Ready")
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # long progress texts must not widen the dock for good: let the label be cut instead
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.bar = QProgressBar()
         self.bar.setMaximumHeight(16)
         self.bar.setTextVisible(True)

@@ -1,4 +1,4 @@
-"""The main dock: the four steps, top to bottom, and one progress bar with Cancel."""
+"""The main dock: the steps, top to bottom, and one progress bar with Cancel."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from ._layers import LayerPresenter
 from ._state import state_for_viewer
 from ._workers import JobBar, JobRunner
 from .annotate_panel import AnnotatePanel
+from .finetune_panel import FinetunePanel
 from .image_panel import ImagePanel
 from .model_panel import ModelPanel
-from .predict_panel import PredictPanel
+from .predict_panel import BUNDLE, PredictPanel
+from .report_panel import ReportPanel
 
 
 class DinolocWidget(QWidget):
-    """DINO localization: image and cells → model and embeddings → annotate → predict and export."""
+    """DINO localization: image and cells → model and embeddings → annotate → predict and export
+    → fine-tune → evaluate."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -29,6 +32,10 @@ class DinolocWidget(QWidget):
         self.model_panel = ModelPanel(self.state, self.runner)
         self.annotate_panel = AnnotatePanel(self.state, self.runner)
         self.predict_panel = PredictPanel(self.state, self.runner, model_choice=self.model_panel.model_choice)
+        self.finetune_panel = FinetunePanel(self.state, self.runner, model_choice=self.model_panel.model_choice,
+                                            head_kind=self.head_kind)
+        self.report_panel = ReportPanel(self.state, self.runner, head_kind=self.head_kind,
+                                        finetune_inputs=self.finetune_panel.inputs)
         self._build()
         self.destroyed.connect(self.runner.close)  # a closed dock drops the result of its running job
 
@@ -38,7 +45,9 @@ class DinolocWidget(QWidget):
         column.setContentsMargins(4, 4, 4, 4)
         self.sections = []
         for title, panel in (("1 · Image and cells", self.image_panel), ("2 · Model and embeddings", self.model_panel),
-                             ("3 · Annotate", self.annotate_panel), ("4 · Predict and export", self.predict_panel)):
+                             ("3 · Annotate", self.annotate_panel), ("4 · Predict and export", self.predict_panel),
+                             ("5 · Fine-tune the backbone", self.finetune_panel),
+                             ("6 · Evaluation report", self.report_panel)):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
             inner.setContentsMargins(6, 6, 6, 6)
@@ -59,5 +68,11 @@ class DinolocWidget(QWidget):
         layout.addWidget(self.job_bar)
 
     def show_step(self, index: int) -> None:
-        """Scroll step ``index`` (0-3) into view."""
+        """Scroll step ``index`` (0-5) into view."""
         self.scroll.ensureWidgetVisible(self.sections[index], 0, 0)
+
+    def head_kind(self) -> str:
+        """The classifier chosen in step 4 (logistic when that is a saved model): fine-tuning and the
+        report fit the same kind of head, so their numbers describe the classifier in use."""
+        kind = self.predict_panel.head.currentData()
+        return "logistic" if kind == BUNDLE else kind

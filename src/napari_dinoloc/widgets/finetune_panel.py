@@ -87,6 +87,10 @@ class LivePlot(FigureCanvasQTAgg):
         self.f1_axes = self.loss_axes.twinx()
         (self.loss_line,) = self.loss_axes.plot([], [], "o-", color=LOSS_COLOUR, markersize=3, label="training loss")
         (self.f1_line,) = self.f1_axes.plot([], [], "s-", color=F1_COLOUR, markersize=3, label="validation macro-F1")
+        # Epoch 0, the frozen backbone, competes in early stopping: its score is the line to beat.
+        self.frozen_line = self.f1_axes.axhline(0, color=F1_COLOUR, linestyle=":", linewidth=1, visible=False)
+        self.frozen_text = self.f1_axes.text(1.0, 0, "frozen ", color=F1_COLOUR, fontsize=7, ha="right", va="bottom",
+                                             transform=self.f1_axes.get_yaxis_transform(), visible=False)
         self.message = self.loss_axes.text(0.5, 0.5, EMPTY_PLOT, transform=self.loss_axes.transAxes,
                                            ha="center", va="center", fontsize=8)
         self._style(colours)
@@ -104,13 +108,14 @@ class LivePlot(FigureCanvasQTAgg):
         self.loss_axes.set_xlabel("epoch", color=text, fontsize=8)
         self.loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.f1_axes.set_ylim(0, 1.02)
-        self.loss_axes.title.set_color(text)
-        self.loss_axes.title.set_fontsize(8)
         self.message.set_color(text)
+        self._title_colour = text
 
     def clear(self, title: str = "") -> None:
         for line in (self.loss_line, self.f1_line):
             line.set_data([], [])
+        for artist in (self.frozen_line, self.frozen_text):
+            artist.set_visible(False)
         self.message.set_visible(True)
         self.set_title(title)
 
@@ -125,7 +130,15 @@ class LivePlot(FigureCanvasQTAgg):
         return [int(x) for x in self.loss_line.get_xdata()]
 
     def set_title(self, title: str) -> None:
-        self.loss_axes.set_title(title)
+        self.loss_axes.set_title(title, fontsize=8, color=self._title_colour)
+        self.draw_idle()
+
+    def show_frozen(self, f1: float) -> None:
+        """The validation macro-F1 before training (known once the run is done)."""
+        self.frozen_line.set_ydata([f1, f1])
+        self.frozen_text.set_y(f1)
+        for artist in (self.frozen_line, self.frozen_text):
+            artist.set_visible(True)
         self.draw_idle()
 
     def _fit_axes(self) -> None:
@@ -150,6 +163,7 @@ class FinetunePanel(QWidget):
         self.relay = EpochRelay()
         self._build()
         self.relay.epoch_done.connect(self.plot.add_point)
+        state.embeddings_changed.connect(self._limit_blocks)
 
     def _build(self) -> None:
         self.level = QComboBox()
@@ -206,6 +220,12 @@ class FinetunePanel(QWidget):
     def _show_level(self) -> None:
         self.blocks.setEnabled(self.level.currentData() == "last-blocks")
 
+    def _limit_blocks(self) -> None:
+        """At most as many blocks as the current backbone has (the spin box then says so itself)."""
+        depth = len(getattr(getattr(self.state.session.backbone, "model", None), "blocks", ()))
+        if depth:
+            self.blocks.setMaximum(depth)
+
     def _show_run(self) -> None:
         for button in (self.use_button, self.save_button):
             button.setEnabled(self.last_run is not None)
@@ -225,15 +245,23 @@ class FinetunePanel(QWidget):
                        lr=lr, head_lr=lr * DEFAULTS.head_lr / DEFAULTS.lr, head_kind=self._head_kind()).checked()
 
     def starting_point(self):
-        """(backbone fine-tuning starts from, embedding settings of the current embeddings)."""
+        """(() -> the backbone fine-tuning starts from, embedding settings of the current embeddings).
+
+        The backbone comes as a loader to call in the worker: a fine-tuned model loaded from a file
+        does not know its base weights, so the weights chosen in step 2 are loaded instead."""
         session = self.state.session
         session._require_embeddings()
+        choice = self._model_choice()
+        settings = embed_settings_of(session.embeddings, choice.get("settings") or _default_embed_settings())
         base = getattr(session.backbone, "_finetuned_from", session.backbone)
-        if is_fine_tuned(base):  # loaded from a bundle: its base weights are unknown here
-            raise DinolocError("The cells are embedded with a fine-tuned model loaded from a file. Embed them with the "
-                               "base backbone (step 2 ▸ Embed cells) and fine-tune from there.")
-        choice = self._model_choice().get("settings") or _default_embed_settings()
-        return base, embed_settings_of(session.embeddings, choice)
+        if not is_fine_tuned(base):
+            return (lambda: base), settings
+        name, weights, device = base.name, choice.get("weights"), choice.get("device", "auto")
+        return (lambda: session.get_backbone(name, weights, device)), settings
+
+    def inputs(self) -> tuple:
+        """(base backbone loader, embedding settings, FinetuneSettings): what a run with these controls uses."""
+        return (*self.starting_point(), self.settings())
 
     # ---- fine-tuning -------------------------------------------------------------------------------------
     @reports_errors("Fine-tuning")
@@ -242,25 +270,28 @@ class FinetunePanel(QWidget):
 
         session, store = self.state.session, self.state.annotations
         settings = self.settings()
-        base, embed_settings = self.starting_point()
+        load_base, embed_settings = self.starting_point()
         annotations = dict(store.annotations)  # a copy: clicks during training do not change this run
         check_classes(annotations, store.used_class_names())
         cells = [(session.image, session.labels, annotations)]
         on_epoch = self.relay.epoch_done.emit
 
         def work(progress, cancel):
-            return finetune(cells, base, embed_settings, settings, progress, cancel, on_epoch)
+            base = load_base()
+            return finetune(cells, base, embed_settings, settings, progress, cancel, on_epoch), base
 
-        started = self.runner.run("Fine-tuning", work, lambda result: self._finished(result, base),
+        started = self.runner.run("Fine-tuning", work, lambda done: self._finished(*done),
                                   on_error=lambda error: self.plot.set_title("stopped: nothing was changed"))
         if started:
-            self.plot.clear(f"{LEVEL_LABELS[settings.level].lower()}: up to {settings.epochs} epochs")
+            self.plot.clear(start_title(settings))
         return started
 
     def _finished(self, result, base) -> None:
         self.last_run = FinetuneRun(result, base)
         self._show_run()
         self.plot.set_title(epochs_title(result))
+        if "initial_val_f1" in result.metrics:
+            self.plot.show_frozen(result.metrics["initial_val_f1"])
         self.summary.setText(run_summary(result))
         notify_info(f"Fine-tuning done: {run_summary(result)} Press Use for all cells to predict with it, or save it.")
 
@@ -328,6 +359,12 @@ class FinetunePanel(QWidget):
 
 
 # ---- texts -------------------------------------------------------------------------------------------------
+def start_title(settings) -> str:
+    if settings.level == "head":
+        return "head only: fitting the classifier, no epochs"
+    return f"{LEVEL_LABELS[settings.level].lower()}: up to {settings.epochs} epochs"
+
+
 def epochs_title(result) -> str:
     metrics, ran = result.metrics, len(result.history)
     if not ran:
