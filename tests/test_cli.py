@@ -183,3 +183,28 @@ def test_command_line_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "napari_dinoloc.cli", "backbones"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "random-tiny" in result.stdout and "natural" in result.stdout
+
+
+def test_evaluate_reports_table_low_shot_curve_and_pictures(samples, tmp_path, capsys):
+    code = main(["evaluate", str(samples / "field_000.tif"), str(samples / "field_001.tif"),
+                 "--labels", str(samples / "field_000_labels.tif"), str(samples / "field_001_labels.tif"),
+                 "--annotations", str(samples / "cells.csv"), "--folds", "2", "--fractions", "0.5", "1",
+                 "--out-dir", str(tmp_path), *TINY])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "macro" in out.lower() and "fraction 0.500" in out and "fraction 1.000" in out
+    assert (tmp_path / "report.json").is_file()
+    assert (tmp_path / "confusion_frozen.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "low_shot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finetuned_bundle_predicts_the_other_image(samples, tmp_path):
+    bundle = tmp_path / "tuned.dinoloc"
+    both = [str(samples / "field_000.tif"), str(samples / "field_001.tif"),
+            "--labels", str(samples / "field_000_labels.tif"), str(samples / "field_001_labels.tif")]
+    assert main(["finetune", *both, "--annotations", str(samples / "cells.csv"), "--epochs", "2", "--out", str(bundle), *TINY]) == 0
+    out = tmp_path / "p.csv"
+    assert main(["predict", *both, "--model", str(bundle), "--out", str(out), *TINY]) == 0
+    rows = read_table(out)
+    assert len(rows) == sum(int(tifffile.imread(samples / f"field_00{i}_labels.tif").max()) for i in (0, 1))
+    assert all(r["weights_hash"].startswith("finetuned:") for r in rows)

@@ -14,7 +14,7 @@ from napari_dinoloc.core.embedding import EmbedSettings, embed_cells
 from napari_dinoloc.core.errors import Cancelled, DinolocError
 from napari_dinoloc.core.finetune import (
     FinetuneSettings, Trainer, apply_finetuned, check_annotations, collect_annotated_cells,
-    compare_frozen_vs_finetuned, embed_cell_crops, finetune, finetune_cells, parameter_groups, stratified_split,
+    compare_frozen_vs_finetuned, embed_cell_crops, finetune, parameter_groups, stratified_split,
 )
 from napari_dinoloc.core.images import make_cell_image
 from napari_dinoloc.core.progress import CancelToken

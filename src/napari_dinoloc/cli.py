@@ -85,6 +85,9 @@ def _model_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import finetune_command
+    from .finetune_command import add_training_options
+
     parser = argparse.ArgumentParser(prog="dinoloc", description="Per-cell protein localization with self-supervised ViTs.")
     parser.add_argument("--version", action="version", version=f"napari-dinoloc {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of unexpected errors")
@@ -122,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fractions", type=float, nargs="*", default=None, help="also a low-shot curve at these fractions of labelled cells")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out-dir", type=Path, help="write report.json and PNG figures here")
+    evaluate.add_argument("--finetune", action="store_true", help="compare the frozen head with fine-tuning (cross-validated)")
+    add_training_options(evaluate)
+
+    finetune_command.add_parser(commands, [images, model])
 
     commands.add_parser("backbones", help="list the backbones and channel strategies")
 

@@ -200,6 +200,10 @@ def _prediction_model(args):
 
 
 def cmd_evaluate(args) -> int:
+    if args.finetune:
+        from .finetune_command import cmd_compare
+
+        return cmd_compare(args)
     from .core.evaluation import cross_validate, low_shot_curve, write_report
 
     vectors, classes, _ = _training_set(args, _embedded_sessions(args))
@@ -242,7 +246,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .finetune_command import cmd_finetune as run_finetune
+
+    return run_finetune(args)
+
+
 COMMANDS = {
+    "finetune": cmd_finetune,
     "sample": cmd_sample,
     "segment": cmd_segment,
     "embed": cmd_embed,

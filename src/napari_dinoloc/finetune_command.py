@@ -130,7 +130,7 @@ def cmd_compare(args) -> int:
     for name, evaluation in (("frozen", comparison.frozen), ("fine-tuned", comparison.finetuned)):
         print(f"\n== {name} ==\n{evaluation.format_table()}")
     if getattr(args, "out_dir", None):
-        from .core.evaluation_report import write_report
+        from .core.evaluation import write_report
 
         for path in write_report(args.out_dir, {"frozen": comparison.frozen, "finetuned": comparison.finetuned}, None):
             print(path)

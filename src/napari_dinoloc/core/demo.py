@@ -50,6 +50,14 @@ def choose_annotated(classes: dict[int, str], share: float, seed: int = 0) -> di
     return chosen
 
 
+def crop_size_for(table, margin: float = 1.5, multiple: int = 16) -> int:
+    """A crop that holds nearly every cell with some context: small cells then fill the model's view
+    instead of a corner of a 224-px window (on the synthetic sample this doubles the accuracy of a
+    head on random-weight features)."""
+    extent = np.maximum(table.bbox[:, 2] - table.bbox[:, 0], table.bbox[:, 3] - table.bbox[:, 1])
+    return int(np.ceil(margin * np.percentile(extent, 95) / multiple) * multiple)
+
+
 def load_demo_backbone(name: str | None, say: Callable[[str], None]):
     """The named backbone; without a name, DINO ViT-S/16, or random weights when offline (said aloud)."""
     from .backbones import load_backbone
@@ -81,7 +89,8 @@ def run_headless_demo(outdir, backbone=None, size: int = 768, share: float = 0.3
     truth = ground_truth_classes(session.labels, field.labels, field.cell_class)
     annotations = choose_annotated(truth, share)
     session.set_backbone(load_demo_backbone(backbone, say))
-    session.set_embeddings(session.compute_embeddings(EmbedSettings(), progress=progress))
+    settings = EmbedSettings(crop_size=crop_size_for(session.table))
+    session.set_embeddings(session.compute_embeddings(settings, progress=progress))
     session.set_head(session.train_head("logistic", annotations, progress=progress))
     write_table(csv_path, session.rows(annotations), session.predictions.class_names)
     picture = write_prediction_picture(outdir / "predictions.png", session)
