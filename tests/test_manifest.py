@@ -119,3 +119,20 @@ def test_writer_through_napari(make_napari_viewer, tmp_path):
 
     written = save_layers(str(tmp_path / "out.csv"), [layer], plugin="napari-dinoloc")
     assert written and len(read_table(written[0])) == 2
+
+
+def test_main_job_opens_napari_with_the_dock_and_the_sample(qtbot):
+    """README's main command with a display: the sample's layers and both docks."""
+    from napari_dinoloc.launch import open_viewer_with_sample
+
+    viewer = open_viewer_with_sample(run=False)
+    try:
+        assert {"nucleus", "protein", "ground truth cells"} <= {layer.name for layer in viewer.layers}
+        docks = " ".join(viewer.window.dock_widgets)
+        assert "DINO localization" in docks and "Cell UMAP" in docks
+    finally:
+        from qtpy.QtCore import QThreadPool
+
+        # let the docks' short start-up workers (device lookup) end before their signals go away
+        qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=30000)
+        viewer.close()

@@ -135,7 +135,7 @@ def write_prediction_picture(path, session) -> Path:
     counts = np.bincount(predictions.predicted, minlength=len(predictions.class_names))
     handles = [Patch(color=cmap.colors[i + 1], label=f"{n} ({counts[i]})") for i, n in enumerate(predictions.class_names)]
     figure.legend(handles=handles, loc="lower center", ncol=5, frameon=False, labelcolor="white")
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, facecolor="black")
     plt.close(figure)
