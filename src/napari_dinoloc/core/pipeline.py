@@ -92,7 +92,8 @@ class Session:
         backbone = backbone or self.backbone
         if backbone is None:
             raise DinolocError("Choose a backbone before embedding cells.")
-        return embed_cells(self.image, self.labels, backbone, settings, cache=self.cache, progress=progress, cancel=cancel)
+        return embed_cells(self.image, self.labels, backbone, settings, cache=self.cache, progress=progress, cancel=cancel,
+                           table=self.table)
 
     def annotated_training_set(self, annotations: Mapping[int, str]) -> tuple[np.ndarray, list[str]]:
         """Embedding rows and classes of the annotated cells that exist in the current cells."""
