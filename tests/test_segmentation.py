@@ -150,3 +150,14 @@ def test_match_cells_counts_one_to_one_matches():
     shifted = np.roll(truth, 4, axis=1)  # each cell overlaps its truth by 6 of 14 columns: IoU 0.43
     assert match_cells(shifted, truth, iou=0.5) == 0.0
     assert match_cells(shifted, truth, iou=0.4) == 1.0
+
+
+def test_segmentation_stops_when_cancelled():
+    from napari_dinoloc.core.errors import Cancelled
+    from napari_dinoloc.core.progress import CancelToken
+
+    field = make_field(seed=1, shape=(256, 256))
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        segment_cells(make_cell_image(field.image, field.stains), cancel=token)

@@ -62,11 +62,11 @@ class Session:
         self.predictions = None
 
     # ---- work: safe to run in a worker thread, changes nothing ---------------------------
-    def segment(self, params=None, progress: Optional[ProgressCallback] = None) -> np.ndarray:
+    def segment(self, params=None, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> np.ndarray:
         from .segmentation import SegmentationParams, segment_cells
 
         self._require_image()
-        return segment_cells(self.image, params or SegmentationParams(), progress=progress)
+        return segment_cells(self.image, params or SegmentationParams(), progress=progress, cancel=cancel)
 
     def get_backbone(self, name: str, weights=None, device: str = "auto"):
         """The loaded backbone for this choice, reusing the current one when it is the same."""

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import DinolocError
-from .progress import ProgressCallback, report
+from .progress import CancelToken, ProgressCallback, check_cancel, report
 from .stains import ER, MICROTUBULES, NUCLEUS, PROTEIN
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ class SegmentationParams:
 
 
 def segment_cells(
-    image: "CellImage", params: SegmentationParams = SegmentationParams(), progress: ProgressCallback | None = None
+    image: "CellImage", params: SegmentationParams = SegmentationParams(), progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """(Y, X) int32 cell labels 1..N (0 = background), one cell per nucleus found."""
     nucleus = image.channel(NUCLEUS)
@@ -70,9 +71,11 @@ def segment_cells(
     nuclei = segment_nuclei(nucleus, params)
     if nuclei.max() == 0:
         raise no_cells_found(image.name, params, "nuclei", nucleus)
+    check_cancel(cancel)
     report(progress, 1, 3, "Growing cells from nuclei")
     cytoplasm = cytoplasm_channel(image, params)
     cells = grow_cells(nuclei, cytoplasm, params)
+    check_cancel(cancel)
     report(progress, 2, 3, "Cleaning up cells")
     cells = remove_small(cells, params.min_area)
     if cells.max() == 0:

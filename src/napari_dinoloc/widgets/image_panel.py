@@ -310,7 +310,7 @@ class ImagePanel(QWidget):
         session, image = self.state.session, self.state.session.image
         self.runner.run(
             "Segmenting cells",
-            lambda progress, cancel: session.segment(params, progress=progress),
+            lambda progress, cancel: session.segment(params, progress=progress, cancel=cancel),
             lambda labels: self._cells_found(image, labels),
         )
 
