@@ -312,3 +312,19 @@ def test_images_with_channels_in_another_order_give_the_same_crops(field, annota
     both = collect_annotated_cells([*annotated, (swapped, field.labels, dict(field.cell_class))], embed)
     assert both.stains == one.stains and np.array_equal(both.crops[len(one):], one.crops)
     assert both.origins[len(one)][0] == "swapped"
+
+
+def test_bundles_of_a_backbone_fine_tuned_twice_load_from_the_base_weights(annotated, field, image, backbone, tmp_path):
+    from napari_dinoloc.core.bundle import backbone_for_bundle, load_bundle, save_bundle
+    from napari_dinoloc.core.finetune import finetune_bundle
+
+    tuned = apply_finetuned(backbone, finetune(annotated, backbone, EMBED, QUICK))
+    for level in ("head", "last-blocks"):
+        result = finetune(annotated, tuned, EMBED, FinetuneSettings(level=level, epochs=1, batch_size=8, max_batch=8))
+        bundle = load_bundle(save_bundle(finetune_bundle(result, tuned), tmp_path / f"{level}.dinoloc"))
+        assert bundle.extra["finetune"]["base_weights_hash"] == backbone.weights_hash
+        loaded = backbone_for_bundle(bundle, device="cpu")
+        assert loaded.weights_hash == result.weights_hash
+        vectors = embed_cells(image, field.labels, loaded, EMBED).vectors
+        expected = embed_cells(image, field.labels, apply_finetuned(tuned, result) if result.backbone_state else tuned, EMBED).vectors
+        np.testing.assert_array_equal(vectors, expected)

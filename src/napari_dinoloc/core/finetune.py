@@ -158,6 +158,8 @@ def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, sett
     class_names, y = check_annotations(cells, class_names, min_cells)
     train, val = stratified_split(y, settings.val_fraction, settings.seed)
     state, history, training_metrics = None, [], {}
+    if settings.level == "head" and getattr(backbone, "base_weights_hash", None):
+        state = _numpy_state(backbone.model)  # already fine-tuned: the bundle must carry these weights
     if settings.level != "head":
         trainer = Trainer(backbone, embed_settings, settings, cells, y, class_names)
         history, training_metrics = trainer.fit(train, val, progress, cancel, on_epoch)
@@ -218,7 +220,8 @@ def finetune_bundle(result: FinetuneResult, backbone):
     from .bundle import ModelBundle
 
     settings, embed = result.settings, result.embed_settings
-    extra = {"finetune": {"level": result.level, "base_weights_hash": backbone.weights_hash,
+    base_hash = getattr(backbone, "base_weights_hash", None) or backbone.weights_hash
+    extra = {"finetune": {"level": result.level, "base_weights_hash": base_hash,
                           "settings": _jsonable_settings(settings), "history": result.history}}
     return ModelBundle(
         head=result.head, backbone_name=backbone.name, weights_hash=result.weights_hash, stains=result.stains,
@@ -274,14 +277,14 @@ def compare_frozen_vs_finetuned(
     (``settings.head_kind``) and the same crops. Fine-tuning in each fold sees only that fold's
     training cells (its early stopping splits them again): the held-out fold stays unseen.
     """
-    from .evaluation import _stratified_folds, _usable_folds
+    from .evaluation import stratified_folds, usable_folds
 
     settings = settings.checked()
     embed_settings = embed_settings.resolved(backbone)
     cells = collect_annotated_cells(image_cells, embed_settings, cancel)
     class_names, y = check_annotations(cells)
-    n_folds, notes = _usable_folds(folds, class_names, y)
-    splits = _stratified_folds(y, n_folds, seed)
+    n_folds, notes = usable_folds(folds, class_names, y)
+    splits = stratified_folds(y, n_folds, seed)
     began = time.perf_counter()
     frozen = _frozen_out_of_fold(cells, backbone, embed_settings, settings, class_names, y, splits, progress, cancel)
     frozen_seconds, began = time.perf_counter() - began, time.perf_counter()
