@@ -15,7 +15,6 @@ the architecture and cost of dino-vits16, so no download is needed.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import threading
 import time
@@ -35,23 +34,8 @@ from napari_dinoloc.core.images import make_cell_image  # noqa: E402
 from napari_dinoloc.core.segmentation import CellTable  # noqa: E402
 from napari_dinoloc.core.synthetic import make_field  # noqa: E402
 
-
-class Clock:
-    """Wall and process CPU time (all threads) of a block: on a shared machine the CPU rate is the steadier one."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-    def rates(self, count: int) -> tuple[float, float]:
-        return count / self.wall, count / self.cpu
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import Clock, peak_rss_mb  # noqa: E402
 
 
 def autocast_context(device, precision):

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,25 +42,15 @@ from napari_dinoloc.core.images import make_cell_image  # noqa: E402
 from napari_dinoloc.core.stains import RGB_SLOTS  # noqa: E402
 from napari_dinoloc.core.synthetic import make_field  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import Clock, peak_rss_mb  # noqa: E402
+
 BENCH_BACKBONE = BackboneSpec(
     name="random-bench", description="Small ViT with seeded random weights for the fine-tuning benchmark "
     "(patch 8, 96 dims, 4 blocks, 64 px).", paper="", source="random", arch=None, slots=RGB_SLOTS,
     normalization="imagenet", input_size=64, patch_size=8,
     arch_kwargs={"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
 )
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-class Clock:
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 def synthetic_images(n_fields: int, size: int, seed: int = 100):

@@ -130,8 +130,7 @@ class Embedder:
                 pooled = self._choose_precision(x)
             else:
                 pooled = self._pooled(x, self._dtype_used())
-            pooled = pooled.float().reshape(prepared.n_views, prepared.batch, -1)
-            return pooled.permute(1, 0, 2).reshape(prepared.batch, -1).cpu().numpy()
+            return join_views(pooled.float(), prepared).cpu().numpy()
 
     def embed_batch(self, crops: np.ndarray, stains: Sequence[str]) -> np.ndarray:
         return self.infer(self.prepare(crops, stains))
@@ -163,6 +162,11 @@ class Embedder:
             warnings.warn(f"{self.settings.precision} results differ from fp32 (cosine {self.min_cosine:.4f} < {MIN_COSINE}); "
                           "running in fp32.", RuntimeWarning, stacklevel=3)
         return reduced if agrees else reference
+
+
+def join_views(pooled, prepared: PreparedBatch):
+    """(n_views * B, D) pooled tokens, view-major -> (B, n_views * D): each crop's views side by side."""
+    return pooled.reshape(prepared.n_views, prepared.batch, -1).permute(1, 0, 2).reshape(prepared.batch, -1)
 
 
 def pool_tokens(tokens, embedding: str, num_prefix_tokens: int):

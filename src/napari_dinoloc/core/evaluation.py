@@ -153,7 +153,6 @@ def usable_folds(folds: int, class_names: tuple[str, ...], y: np.ndarray) -> tup
     return int(counts[smallest]), [note]
 
 
-_stratified_folds, _usable_folds = stratified_folds, usable_folds  # older names, used by finetune.py
 
 
 def _prepare(vectors, classes, folds: int, seed: int, class_names):

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from .augment import AugmentSettings, augment_crops
-from .embedding import EmbedSettings, Embedder, pool_tokens
+from .embedding import EmbedSettings, Embedder, join_views, pool_tokens
 from .errors import DinolocError
 from .files import hash_array
 from .heads import MIN_CELLS_PER_CLASS, Head, as_vectors, encode_classes, make_head
@@ -336,11 +336,11 @@ def _fold_progress(progress, fold: int, folds: int):
 def collect_annotated_cells(image_cells, embed_settings: EmbedSettings, cancel: Optional[CancelToken] = None) -> CellSet:
     """Crops (as the engine makes them) of every annotated cell that exists in its label image."""
     crops, classes, origins, stains, not_found = [], [], [], None, 0
-    for image, labels, annotations in image_cells:
+    for image, labels, cell_classes in image_cells:
         check_cancel(cancel)
         stains = stains or tuple(image.stains)
         order = _channel_order(image.stains, stains, image.name)
-        wanted = {int(label): str(name).strip() for label, name in annotations.items() if name and str(name).strip()}
+        wanted = {int(label): str(name).strip() for label, name in cell_classes.items() if name and str(name).strip()}
         found = 0
         for label, crop in _crops_of(image, labels, wanted, embed_settings):
             crops.append(crop[order])
@@ -471,7 +471,7 @@ class Trainer:
         prepared = self.embedder.prepare(crops, self.cells.stains)
         tokens = self.backbone.tokens(prepared.inputs.to(self.device))
         pooled = pool_tokens(tokens, self.embedder.settings.embedding, self.backbone.num_prefix_tokens)
-        return pooled.reshape(prepared.n_views, prepared.batch, -1).permute(1, 0, 2).reshape(prepared.batch, -1)
+        return join_views(pooled, prepared)
 
     def classify(self, features):
         return self.classifier((features - self.feature_mean) / self.feature_scale)
