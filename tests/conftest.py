@@ -22,3 +22,14 @@ def shared_data() -> Path:
     if not folder.is_dir():
         pytest.skip("../shared/data is absent")
     return folder
+
+
+@pytest.fixture(scope="session")
+def umap_runner():
+    """One UMAP worker process for the whole run: warming one up compiles numba code (~10 s of CPU)."""
+    from napari_dinoloc.core.umap_runner import UmapRunner
+
+    runner = UmapRunner()
+    runner.warm_up()
+    yield runner
+    runner.shutdown()

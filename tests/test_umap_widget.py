@@ -11,7 +11,6 @@ import pytest
 from napari_dinoloc.core.annotations import AnnotationStore
 from napari_dinoloc.core.embedding import Embeddings
 from napari_dinoloc.core.heads import Predictions
-from napari_dinoloc.core.umap_runner import UmapRunner
 
 pytestmark = pytest.mark.gui
 
@@ -19,13 +18,9 @@ CELLS = np.arange(11, 23)  # labels differ from row numbers on purpose
 CLASSES = ("nucleoli", "cytoplasm", "golgi")
 
 
-@pytest.fixture(scope="module")
-def runner():
-    """One UMAP worker for the whole file (warming one up takes ~10 s of CPU)."""
-    shared = UmapRunner()
-    shared.warm_up()
-    yield shared
-    shared.shutdown()
+@pytest.fixture
+def runner(umap_runner):
+    return umap_runner
 
 
 @pytest.fixture

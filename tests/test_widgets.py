@@ -126,7 +126,30 @@ def cells_of_true_class(viewer, state, per_class=3):
 
 
 # ---- the whole flow ---------------------------------------------------------------------------------
-def test_whole_flow_then_reopen(make_napari_viewer, qtbot, tmp_path):
+def check_umap_selects_cells(viewer, state, qtbot, umap_runner) -> None:
+    from qtpy.QtCore import Qt
+    from test_umap_widget import logical_point
+
+    from napari_dinoloc.widgets.umap_panel import UmapWidget
+
+    umap = UmapWidget(viewer, runner=umap_runner)
+    viewer.window.add_dock_widget(umap, name="Cell UMAP", area="right")
+    umap.compute_button.click()
+    qtbot.waitUntil(lambda: not umap.busy and umap.points is not None and len(umap.points.get_offsets()) > 0, timeout=120_000)
+    labels = [int(label) for label in state.session.table.label]
+    assert len(umap.points.get_offsets()) == len(labels)
+    umap.canvas.draw()
+    # click the point farthest from all others, so that no neighbour can take the click
+    xy = umap.layout_xy
+    distances = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy)) * 1e9
+    row = int(np.argmax(distances.min(axis=1)))
+    with qtbot.waitSignal(state.selection_changed, timeout=5000) as blocker:
+        qtbot.mouseClick(umap.canvas, Qt.MouseButton.LeftButton, pos=logical_point(umap, xy[row]))
+    assert blocker.args == [[labels[row]]]
+    assert state.selected == [labels[row]]
+
+
+def test_whole_flow_then_reopen(make_napari_viewer, qtbot, tmp_path, umap_runner):
     viewer, dock = open_dock(make_napari_viewer, qtbot)
     state = dock.state
     assert dock.image_panel.stains() == ["nucleus", "protein"]  # guessed from the layer names
@@ -176,6 +199,9 @@ def test_whole_flow_then_reopen(make_napari_viewer, qtbot, tmp_path):
     assert predictions is not None and set(predictions.class_names) == set(groups)
     check_prediction_layers(viewer, state)
     assert dock.predict_panel.legend.rowCount() == len(predictions.class_names)
+
+    # UMAP of the real embeddings: one point per cell; clicking a point selects its cell.
+    check_umap_selects_cells(viewer, state, qtbot, umap_runner)
 
     # The next cell to annotate is the least certain unannotated one, and the view goes to it.
     dock.annotate_panel.next_button.click()
