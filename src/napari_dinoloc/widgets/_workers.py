@@ -39,6 +39,20 @@ _keep_triton_out()
 Work = Callable[[Callable[[int, int, str], None], CancelToken], Any]
 
 
+def path_row(field, on_browse: Callable[[], None], tooltip: str = ""):
+    """A file-path field with a "…" button that opens a file dialog (weights, model bundles)."""
+    browse = QPushButton("…")
+    browse.setFixedWidth(28)
+    browse.setToolTip(tooltip)
+    browse.clicked.connect(lambda _=False: on_browse())
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(field, 1)
+    layout.addWidget(browse)
+    return row
+
+
 def notify_error(message: str) -> None:
     from napari.utils.notifications import show_error
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout,
+    QComboBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout,
     QWidget,
 )
 
 from ..core.errors import DinolocError
-from ._workers import notify_info, reports_errors
+from ._workers import notify_info, path_row, reports_errors
 
 EMBEDDING_LABELS = {
     "cls": "CLS token",
@@ -39,15 +39,7 @@ class ModelPanel(QWidget):
         self.backbone = _registry_combo(BACKBONES.values(), default="dino-vits16")
         self.weights = QLineEdit()
         self.weights.setPlaceholderText("checkpoint file (.pth, .safetensors)")
-        browse = QPushButton("…")
-        browse.setFixedWidth(28)
-        browse.setToolTip("Choose the weights file")
-        browse.clicked.connect(lambda _=False: self._browse_weights())
-        self.weights_row = QWidget()
-        row = QHBoxLayout(self.weights_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.weights, 1)
-        row.addWidget(browse)
+        self.weights_row = path_row(self.weights, self._browse_weights, "Choose the weights file")
         self.strategy = _registry_combo(STRATEGIES.values(), default="natural")
         self.embedding = QComboBox()
         for kind in EMBEDDING_TYPES:

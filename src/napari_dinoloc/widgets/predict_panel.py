@@ -9,13 +9,13 @@ from typing import Callable, Optional
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QHeaderView, QLabel,
     QLineEdit, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from ..core.errors import DinolocError
 from ._layers import colour_for
-from ._workers import notify_info, reports_errors
+from ._workers import notify_info, path_row, reports_errors
 from .annotate_panel import colour_icon
 
 BUNDLE = "bundle"
@@ -207,14 +207,7 @@ class PredictPanel(QWidget):
         self.head = _head_combo()
         self.bundle_path = QLineEdit()
         self.bundle_path.setPlaceholderText("model file (.dinoloc)")
-        browse = QPushButton("…")
-        browse.setFixedWidth(28)
-        browse.clicked.connect(lambda _=False: self._browse_bundle())
-        self.bundle_row = QWidget()
-        row = QHBoxLayout(self.bundle_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.bundle_path, 1)
-        row.addWidget(browse)
+        self.bundle_row = path_row(self.bundle_path, self._browse_bundle, "Choose a saved model")
         self.bundle_row.hide()
         self.predict_button = QPushButton("Train and predict")
         self.legend = Legend()
