@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 quick=()
 [ "${1:-}" = "--quick" ] && quick=(--quick)
+"$python" benchmarks/segmentation_quality.py
 "$python" benchmarks/bench_embedding.py "${quick[@]}"
 "$python" benchmarks/bench_finetune.py "${quick[@]}"
 if [ -n "${DISPLAY:-}" ]; then
