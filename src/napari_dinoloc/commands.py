@@ -158,18 +158,17 @@ def _cross_validate_if_possible(kind, vectors, classes, seed):
 
 
 def cmd_predict(args) -> int:
+    from .core.bundle import check_bundle_fits
     from .core.files import check_writable
     from .core.table import CsvTableWriter
 
     check_writable(args.out)
-    head, backbone, options = _prediction_model(args)
+    head, backbone, options, bundle = _prediction_model(args)
     with CsvTableWriter(args.out, head.class_names) as writer:
         count = 0
         for session in _embedded_sessions(args, backbone, options):
-            if getattr(args, "_bundle", None) is not None:
-                from .core.bundle import check_bundle_fits
-
-                check_bundle_fits(args._bundle, session.image.stains)
+            if bundle is not None:
+                check_bundle_fits(bundle, session.image.stains)
             session.set_head(head)
             writer.write_rows(session.rows())
             count += len(session.table)
@@ -178,23 +177,22 @@ def cmd_predict(args) -> int:
 
 
 def _prediction_model(args):
-    """The head, backbone and options to predict with: a saved bundle, or a head trained now."""
+    """(head, backbone, options, bundle or None): a saved bundle, or a head trained now."""
     if args.model and args.annotations:
         raise DinolocError("Give either --model or --annotations, not both.")
     if args.model:
         from .core.bundle import backbone_for_bundle, embed_settings_for, load_bundle
 
         bundle = load_bundle(args.model)
-        args._bundle = bundle
         options = _run_options(args)
         options.embed = embed_settings_for(bundle, _embed_settings(args))
-        return bundle.head, backbone_for_bundle(bundle, args.weights, args.device), options
+        return bundle.head, backbone_for_bundle(bundle, args.weights, args.device), options, bundle
     if args.annotations:
         from .core.heads import train_head
 
         backbone = _load_backbone(args.backbone, args.weights, args.device)
         vectors, classes, _ = _training_set(args, _embedded_sessions(args, backbone))
-        return train_head(args.head, vectors, classes), backbone, _run_options(args)
+        return train_head(args.head, vectors, classes), backbone, _run_options(args), None
     raise DinolocError("Nothing to predict with: give --model (a bundle from dinoloc train) or --annotations with labelled cells.")
 
 
