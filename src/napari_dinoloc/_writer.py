@@ -13,9 +13,9 @@ from .core.table import CsvTableWriter, columns
 def write_cells_csv(path: str, data: Any, attributes: dict) -> list[str]:
     """Write one row per cell; the file appears only when it is complete (atomic)."""
     path = path if str(path).lower().endswith(".csv") else f"{path}.csv"
-    rows = _feature_rows(attributes.get("features")) or _rows_from_labels(np.asarray(data))
-    class_names = [c[len("prob_"):] for c in (rows[0] if rows else {}) if c.startswith("prob_")]
     image = attributes.get("metadata", {}).get("dinoloc_image_name") or attributes.get("name", "")
+    rows = _feature_rows(attributes.get("features")) or _rows_from_labels(np.asarray(data), image)
+    class_names = [c[len("prob_"):] for c in (rows[0] if rows else {}) if c.startswith("prob_")]
     wanted = columns(class_names)
     with CsvTableWriter(path, class_names) as writer:
         writer.write_rows({c: _value(row.get(c, image if c == "image" else "")) for c in wanted} for row in rows)
@@ -28,15 +28,12 @@ def _feature_rows(features) -> list[dict]:
     return features.to_dict("records")
 
 
-def _rows_from_labels(labels: np.ndarray) -> list[dict]:
+def _rows_from_labels(labels: np.ndarray, image: str) -> list[dict]:
     """A layer without napari-dinoloc features: label, centroid and area of every cell."""
     from .core.segmentation import CellTable
+    from .core.table import cell_rows
 
-    table = CellTable.from_labels(labels.astype(np.int64))
-    return [
-        {"label": int(label), "centroid_y": round(float(y), 2), "centroid_x": round(float(x), 2), "area": int(area)}
-        for label, y, x, area in zip(table.label, table.centroid_y, table.centroid_x, table.area)
-    ]
+    return cell_rows(image, CellTable.from_labels(labels.astype(np.int64)), predictions=None)
 
 
 def _value(value):
