@@ -28,7 +28,8 @@ from ..backbones import apply_finetuned, is_fine_tuned, state_hash
 from ..bundle import finetune_bundle
 from ._cells import CellSet, check_annotations, collect_annotated_cells, embed_cell_crops, stratified_split
 from ._compare import FinetuneComparison, compare_frozen_vs_finetuned
-from ._run import LEVELS, EpochCallback, FinetuneResult, FinetuneSettings, finetune, finetune_cells, validate_head
+from ._run import EpochCallback, FinetuneResult, finetune, finetune_cells, validate_head
+from ._settings import LEVELS, FinetuneSettings
 from ._trainer import (
     EarlyStopping, Trainer, balanced_order, is_out_of_memory, layer_index, parameter_groups, seeded, set_trainable,
     warmup_cosine,

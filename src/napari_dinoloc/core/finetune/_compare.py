@@ -14,7 +14,8 @@ from ..evaluation import macro_f1
 from ..heads import make_head
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from ._cells import check_annotations, collect_annotated_cells, embed_cell_crops
-from ._run import FinetuneSettings, finetune_cells
+from ._run import finetune_cells
+from ._settings import FinetuneSettings
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ..evaluation import macro_f1
 from ..heads import make_head
 from ..progress import check_cancel, report
 from ._cells import CellSet
+from ._settings import FinetuneSettings
 
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up: the first steps see the largest, least reliable gradients
 CLIP_NORM = 1.0  # gradient-norm clip: the probe's confident logits can give huge first gradients
@@ -29,7 +30,7 @@ PROBE_HEAD = "logistic"  # the classifier starts from a linear probe: its weight
 class Trainer:
     """One fine-tuning run: a deep copy of the backbone, a classifier, an optimiser, a seeded generator."""
 
-    def __init__(self, backbone, embed_settings: EmbedSettings, settings, cells: CellSet,
+    def __init__(self, backbone, embed_settings: EmbedSettings, settings: FinetuneSettings, cells: CellSet,
                  y: np.ndarray, class_names: Sequence[str]):
         self.settings, self.cells, self.y, self.class_names = settings, cells, y, tuple(class_names)
         self.device = _training_device(backbone, settings.device)
@@ -261,7 +262,7 @@ def _final_norms(model) -> list:
             if isinstance(m, torch.nn.Module) and any(True for _ in m.parameters())]
 
 
-def parameter_groups(model, trainable: list, settings) -> list[dict]:
+def parameter_groups(model, trainable: list, settings: FinetuneSettings) -> list[dict]:
     """AdamW groups: layer-wise decayed rates (``full``), no weight decay on biases, norms and tokens."""
     ids = {id(p) for p in trainable}
     depth = len(model.blocks)
