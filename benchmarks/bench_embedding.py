@@ -1,7 +1,7 @@
 """Throughput of the embedding engine against the bare model and a naive per-cell loop.
 
-    /work/venv/bin/python benchmarks/bench_embedding.py            # full: 2048x2048 field, fp32 + bf16
-    /work/venv/bin/python benchmarks/bench_embedding.py --quick    # a small check that it all runs
+    .venv/bin/python benchmarks/bench_embedding.py            # full: 2048x2048 field, fp32 + bf16
+    .venv/bin/python benchmarks/bench_embedding.py --quick    # a small check that it all runs
 
 For each precision it prints cells/s of
   engine  embed_cells on a synthetic field (crop + mask + normalise + embed, batched, prefetched),

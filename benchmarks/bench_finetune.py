@@ -1,9 +1,9 @@
 """Fine-tuning: what it costs on this machine, and what it gains on the synthetic benchmark.
 
-    /work/venv/bin/python benchmarks/bench_finetune.py                    # cost table, ViT-S/16, 100 cells
-    /work/venv/bin/python benchmarks/bench_finetune.py --quick            # the same on 32 cells, 1 epoch
-    /work/venv/bin/python benchmarks/bench_finetune.py --compare          # frozen + head vs fine-tuned, cross-validated
-    /work/venv/bin/python benchmarks/bench_finetune.py --compare --quick  # a small check that it all runs
+    .venv/bin/python benchmarks/bench_finetune.py                    # cost table, ViT-S/16, 100 cells
+    .venv/bin/python benchmarks/bench_finetune.py --quick            # the same on 32 cells, 1 epoch
+    .venv/bin/python benchmarks/bench_finetune.py --compare          # frozen + head vs fine-tuned, cross-validated
+    .venv/bin/python benchmarks/bench_finetune.py --compare --quick  # a small check that it all runs
 
 Cost (default): for the 'random' backbone (ViT-S/16 at 224 px with seeded random weights: the
 architecture and cost of dino-vits16, no download) each level runs in its own process so that its

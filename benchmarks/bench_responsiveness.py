@@ -9,7 +9,7 @@ threads), UMAP in the plugin's worker process (first call in a fresh process, wh
 numba's compile, then warm), and for comparison UMAP run in a thread of the GUI process (which
 the plugin does not do: it is the measurement behind that choice).
 
-    xvfb-run -a /work/venv/bin/python benchmarks/bench_responsiveness.py [--quick]
+    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--quick]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Screenshots of the main dock at each step, for the docs (docs/images/).
 
-Run: xvfb-run -a /work/venv/bin/python docs/make_screenshots.py
+Run: xvfb-run -a .venv/bin/python docs/make_screenshots.py
 Uses the synthetic sample and the tiny random backbone (no download); the annotations are
 taken from the sample's ground truth, as a user would click them.
 """

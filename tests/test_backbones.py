@@ -252,8 +252,10 @@ def test_weights_hash_is_cached_per_file_version(tmp_path, monkeypatch):
     path = tmp_path / "w.pth"
     path.write_bytes(b"abc")
     calls = []
-    real = backbones.hash_file
-    monkeypatch.setattr(backbones, "hash_file", lambda p: calls.append(p) or real(p))
+    from napari_dinoloc.core.backbones import _checkpoint
+
+    real = _checkpoint.hash_file
+    monkeypatch.setattr(_checkpoint, "hash_file", lambda p: calls.append(p) or real(p))
     assert backbones.weights_file_hash(path) == hashlib.sha256(b"abc").hexdigest()
     backbones.weights_file_hash(path)
     assert len(calls) == 1

@@ -206,13 +206,14 @@ def test_bundle_of_a_head_on_a_finetuned_backbone_carries_its_weights(tmp_path):
     from napari_dinoloc.core.backbones import load_backbone
     from napari_dinoloc.core.bundle import backbone_for_bundle, bundle_for_head, load_bundle, save_bundle
     from napari_dinoloc.core.embedding import EmbedSettings
-    from napari_dinoloc.core.finetune import apply_finetuned
+    from napari_dinoloc.core.backbones import apply_finetuned, is_fine_tuned
     from napari_dinoloc.core.heads import train_head
 
     base = load_backbone("random-tiny", device="cpu")
     state = {k: v.detach().numpy() + 0.01 for k, v in base.model.state_dict().items()}
     tuned = apply_finetuned(base, state)
-    assert tuned.base_weights_hash == base.weights_hash != tuned.weights_hash
+    assert tuned.finetuned_from == base.weights_hash != tuned.weights_hash
+    assert is_fine_tuned(tuned) and tuned.is_finetuned and not is_fine_tuned(base)
     rng = np.random.default_rng(0)
     head = train_head("knn", rng.normal(size=(6, 64)).astype(np.float32), ["a", "a", "a", "b", "b", "b"])
     bundle = bundle_for_head(head, tuned, ("nucleus", "protein"), EmbedSettings(crop_size=64), ["a"] * 3 + ["b"] * 3)

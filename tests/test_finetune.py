@@ -213,7 +213,7 @@ def test_out_of_memory_halves_the_micro_batch_and_retries(annotated, backbone, m
 # ---- the result in the normal engine -------------------------------------------------------
 def test_finetuned_backbone_reproduces_head_embeddings_and_predictions(annotated, field, image, backbone, tmp_path):
     from napari_dinoloc.core.bundle import load_bundle, save_bundle
-    from napari_dinoloc.core.finetune import finetune_bundle
+    from napari_dinoloc.core.bundle import finetune_bundle
 
     result = finetune(annotated, backbone, EMBED, QUICK)
     tuned = apply_finetuned(backbone, result)
@@ -316,7 +316,7 @@ def test_images_with_channels_in_another_order_give_the_same_crops(field, annota
 
 def test_bundles_of_a_backbone_fine_tuned_twice_load_from_the_base_weights(annotated, field, image, backbone, tmp_path):
     from napari_dinoloc.core.bundle import backbone_for_bundle, load_bundle, save_bundle
-    from napari_dinoloc.core.finetune import finetune_bundle
+    from napari_dinoloc.core.bundle import finetune_bundle
 
     tuned = apply_finetuned(backbone, finetune(annotated, backbone, EMBED, QUICK))
     for level in ("head", "last-blocks"):

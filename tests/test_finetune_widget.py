@@ -203,7 +203,7 @@ def test_too_few_classes_or_cells_are_refused_before_any_work(make_napari_viewer
 
 def test_bundles_that_do_not_fit_or_are_damaged(make_napari_viewer, qtbot, tmp_path, tuned_run):
     from napari_dinoloc.core.bundle import save_bundle
-    from napari_dinoloc.core.finetune import finetune_bundle
+    from napari_dinoloc.core.bundle import finetune_bundle
 
     viewer, dock = open_dock(make_napari_viewer)
     state, panel = dock.state, dock.finetune_panel

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -369,7 +369,3 @@ def next_cell_to_annotate(labels: Sequence[int], annotated: Iterable[int], predi
         return None
     rng = rng or np.random.default_rng()
     return remaining[int(rng.integers(len(remaining)))]
-
-
-def user_labels_for(store: Optional[AnnotationStore]) -> Mapping[int, str]:
-    return store.annotations if store is not None else {}

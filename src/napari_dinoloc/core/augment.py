@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .stains import PROTEIN
+from .stains import PROTEIN, channel_of
 
 MIN_JITTER_FACTOR = 0.5  # DINO4Cells clips its N(1, sigma) factors here
 
@@ -78,9 +78,9 @@ def jitter_contrast(x, sigma: float, generator=None):
 
 def rescale_protein(x, stains: Sequence[str], p: float, generator=None):
     """With probability p per crop, the protein channel times U(0, 2) (Cell-DINO's rescale_protein)."""
-    if p <= 0 or PROTEIN not in stains:
+    channel = channel_of(PROTEIN, stains)
+    if p <= 0 or channel is None:
         return x
-    channel = list(stains).index(PROTEIN)
     chosen = _uniform((x.shape[0],), generator, x.device) < p
     factor = 2.0 * _uniform((x.shape[0],), generator, x.device)
     scale = x.new_ones(x.shape[0])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
@@ -26,7 +26,6 @@ class RunOptions:
     channel_axis: Optional[int] = None
     segmentation: object = None             # SegmentationParams, or None for the defaults
     embed: object = None                    # EmbedSettings, or None for the defaults
-    extra: dict = field(default_factory=dict)
 
 
 def image_jobs(paths: Sequence[str | Path], labels: Sequence[str | Path] = ()) -> list[ImageJob]:

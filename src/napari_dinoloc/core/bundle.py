@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -27,7 +27,7 @@ from .errors import DinolocError
 from .files import atomic_write, check_writable
 from .heads import Head, head_from_state
 from .progress import CancelToken, ProgressCallback, check_cancel, report
-from .stains import OTHER, validate_stains
+from .stains import OTHER, channel_order, validate_stains
 
 SUFFIX = ".dinoloc"
 METADATA_KEY = "dinoloc"
@@ -63,11 +63,17 @@ class ModelBundle:
     extra: dict = field(default_factory=dict)  # anything else JSON-able (e.g. a fine-tuned backbone's spec)
 
     @property
+    def embed_signature(self) -> dict:
+        """What shaped the embeddings the head was trained on, as in an embedding signature."""
+        return {"strategy": self.strategy, "embedding": self.embedding, "crop_size": self.crop_size,
+                "input_size": self.input_size, "mask_background": self.mask_background}
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return self.head.class_names
 
     def card(self) -> str:
-        """A short human-readable description (the command line's `info`)."""
+        """A short human-readable description of the model: classes, backbone, stains, scores."""
         macro_f1 = self.metrics.get("macro_f1") if isinstance(self.metrics, dict) else None
         lines = [
             f"head: {self.head.kind} {self.head.params}",
@@ -295,14 +301,11 @@ def bundle_channels(bundle: ModelBundle, stains: Sequence[str]) -> tuple[int, ..
     Extra image channels are ignored. 'other' channels are matched in order of appearance.
     """
     image_stains = tuple(s.lower() for s in stains)
-    missing = _missing_stains(bundle.stains, image_stains)
-    if missing:
+    channels = channel_order(bundle.stains, image_stains)
+    if channels is None:
+        missing = _missing_stains(bundle.stains, image_stains)
         raise DinolocError(_misfit_message(bundle.stains, image_stains, missing))
-    others = [i for i, s in enumerate(image_stains) if s == OTHER]
-    channels = []
-    for stain in bundle.stains:
-        channels.append(others.pop(0) if stain == OTHER else image_stains.index(stain))
-    return tuple(channels)
+    return channels
 
 
 def check_bundle_fits(bundle: ModelBundle, stains: Sequence[str]) -> None:
@@ -333,11 +336,13 @@ def bundle_for_head(head: Head, backbone, stains: Sequence[str], settings, class
     """The bundle of a head trained on frozen embeddings of ``backbone`` made with ``settings``."""
     from collections import Counter
 
+    from .backbones import numpy_state
+
     resolved = settings.resolved(backbone)
     state, extra = None, {}
-    if backbone.base_weights_hash:  # fine-tuned: the bundle must carry the weights themselves
-        state = {k: v.detach().to("cpu").numpy() for k, v in backbone.model.state_dict().items()}
-        extra = {"finetune": {"base_weights_hash": backbone.base_weights_hash}}
+    if backbone.is_finetuned:  # the bundle must carry the fine-tuned weights themselves
+        state = numpy_state(backbone.model)
+        extra = {"finetune": {"base_weights_hash": backbone.finetuned_from}}
     return ModelBundle(
         head=head, backbone_name=backbone.name, weights_hash=backbone.weights_hash, stains=tuple(stains),
         strategy=resolved.strategy, embedding=resolved.embedding, crop_size=resolved.crop_size,
@@ -347,12 +352,30 @@ def bundle_for_head(head: Head, backbone, stains: Sequence[str], settings, class
     )
 
 
+def finetune_bundle(result, backbone) -> ModelBundle:
+    """The model bundle of a fine-tuning result (``finetune.FinetuneResult``): the head, the fine-tuned weights and how they were made.
+
+    ``weights_hash`` is the fine-tuned weights' hash (what ``apply_finetuned`` gives the loaded model);
+    ``extra["finetune"]["base_weights_hash"]`` names the weights fine-tuning started from.
+    """
+    settings, embed = result.settings, result.embed_settings
+    extra = {"finetune": {"level": result.level, "base_weights_hash": backbone.base_weights_hash,
+                          "settings": asdict(settings), "history": result.history}}
+    return ModelBundle(
+        head=result.head, backbone_name=backbone.name, weights_hash=result.weights_hash, stains=result.stains,
+        strategy=embed.strategy, embedding=embed.embedding, crop_size=embed.crop_size, input_size=embed.input_size,
+        normalization=backbone.spec.normalization, mask_background=embed.mask_background,
+        class_counts=dict(result.class_counts), metrics=dict(result.metrics), seed=settings.seed,
+        backbone_state=result.backbone_state, extra=extra,
+    )
+
+
+
 def embed_settings_for(bundle: ModelBundle, base):
     """``base`` (device, batch size, precision) with everything that shapes the embedding from the bundle."""
-    from dataclasses import replace
+    from .embedding import EmbedSettings
 
-    return replace(base, strategy=bundle.strategy, embedding=bundle.embedding, crop_size=bundle.crop_size,
-                   input_size=bundle.input_size, mask_background=bundle.mask_background)
+    return EmbedSettings.from_signature(bundle.embed_signature, base)
 
 
 def backbone_for_bundle(bundle: ModelBundle, weights=None, device: str = "auto"):
@@ -367,7 +390,7 @@ def backbone_for_bundle(bundle: ModelBundle, weights=None, device: str = "auto")
             f"{backbone.weights_hash[:24]}: give the weights file it was trained with (--weights, or the weights field)."
         )
     if bundle.backbone_state:
-        from .finetune import apply_finetuned
+        from .backbones import apply_finetuned
 
         backbone = apply_finetuned(backbone, bundle.backbone_state)
     return backbone

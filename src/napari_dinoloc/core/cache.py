@@ -1,4 +1,4 @@
-"""On-disk cache of embeddings, keyed by everything that changes them.
+"""On-disk cache of embeddings, keyed by the signature the embedder gives (``embedding.signature``).
 
 Each entry is ``<key>.npz`` (labels, vectors; read with allow_pickle=False) plus ``<key>.json`` (the
 full signature). The key is a hash of the signature, and ``get`` compares the stored signature with
@@ -7,17 +7,15 @@ the asked one field by field, so a hash collision or an edited file recomputes i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from .embedding import Embeddings, canonical, signature_key
 from .errors import DinolocError
 from .files import atomic_write, write_json_atomic
-
-CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
@@ -25,32 +23,7 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-dinoloc"
 
 
-def signature(*, kind: str, image_hash: str, labels_hash: str | None, stains, backbone: str, weights_hash: str,
-              strategy: str, embedding: str, crop_size: int | None, input_size: int, mask_background: bool,
-              tile_size: int | None = None, device: str = "cpu", precision: str = "auto") -> dict:
-    """Everything that determines the embeddings of one image (batch size does not)."""
-    from .. import __version__
-
-    return {
-        "format": CACHE_FORMAT, "version": __version__, "kind": kind,
-        "image_hash": image_hash, "labels_hash": labels_hash, "stains": list(stains),
-        "backbone": backbone, "weights_hash": weights_hash, "strategy": strategy, "embedding": embedding,
-        "crop_size": crop_size, "input_size": input_size, "mask_background": bool(mask_background),
-        "tile_size": tile_size, "device": device, "precision": precision,
-    }
-
-
-def _canonical(sig: dict) -> dict:
-    return json.loads(json.dumps(sig, sort_keys=True))  # tuples -> lists, as stored
-
-
-def signature_key(sig: dict) -> str:
-    return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:40]
-
-
 class EmbeddingCache:
-    signature = staticmethod(signature)
-
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
 
@@ -60,12 +33,10 @@ class EmbeddingCache:
 
     def get(self, sig: dict):
         """The cached Embeddings for exactly this signature, or None (also for an unreadable entry)."""
-        from .embedding import Embeddings
-
         arrays_path, meta_path = self._paths(sig)
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if meta.get("signature") != _canonical(sig):
+            if meta.get("signature") != canonical(sig):
                 return None
             with np.load(arrays_path, allow_pickle=False) as stored:
                 labels, vectors = stored["labels"], stored["vectors"]
@@ -85,14 +56,4 @@ class EmbeddingCache:
         with atomic_write(arrays_path, "wb") as handle:
             np.savez(handle, labels=np.asarray(embeddings.labels), vectors=np.asarray(embeddings.vectors, np.float32))
         # written last: an entry without its json is never read
-        write_json_atomic(meta_path, {"signature": _canonical(sig), "embeddings_signature": embeddings.signature})
-
-    def clear(self) -> int:
-        """Delete every cache entry; returns how many were removed."""
-        removed = 0
-        for path in self.root.glob("*.json"):
-            for entry in (path, path.with_suffix(".npz")):
-                if entry.exists():
-                    entry.unlink()
-            removed += 1
-        return removed
+        write_json_atomic(meta_path, {"signature": canonical(sig), "embeddings_signature": embeddings.signature})

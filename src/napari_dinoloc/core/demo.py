@@ -14,9 +14,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import defaults
 from .errors import DinolocError
-
-DEFAULT_BACKBONE = "dino-vits16"
 
 
 def has_display() -> bool:
@@ -65,7 +64,7 @@ def load_demo_backbone(name: str | None, say: Callable[[str], None]):
     if name:
         return load_backbone(name)
     try:
-        return load_backbone(DEFAULT_BACKBONE)
+        return load_backbone(defaults.BACKBONE)
     except DinolocError as exc:
         say(f"{exc}\nThe demo goes on with the 'random' backbone (random weights): predictions show the pipeline, not DINO's accuracy.")
         return load_backbone("random")
@@ -91,7 +90,7 @@ def run_headless_demo(outdir, backbone=None, size: int = 768, share: float = 0.3
     session.set_backbone(load_demo_backbone(backbone, say))
     settings = EmbedSettings(crop_size=crop_size_for(session.table))
     session.set_embeddings(session.compute_embeddings(settings, progress=progress))
-    session.set_head(session.train_head("logistic", annotations, progress=progress))
+    session.set_head(session.train_head(defaults.HEAD, annotations, progress=progress))
     write_table(csv_path, session.rows(annotations), session.predictions.class_names)
     picture = write_prediction_picture(outdir / "predictions.png", session)
     yield f"{len(session.table)} cells found, {len(annotations)} annotated, backbone {session.backbone.name}"

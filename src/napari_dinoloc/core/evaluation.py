@@ -97,6 +97,11 @@ def f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
     return np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
 
 
+def macro_f1(true_index: np.ndarray, predicted_index: np.ndarray, n_classes: int) -> float:
+    """Mean per-class F1 of class indices."""
+    return float(f1_from_confusion(confusion_matrix(true_index, predicted_index, n_classes)).mean())
+
+
 def evaluation_from_confusion(class_names: Sequence[str], confusion: np.ndarray, folds: int = 0,
                               notes: Sequence[str] = (), **extra) -> Evaluation:
     f1 = f1_from_confusion(confusion)

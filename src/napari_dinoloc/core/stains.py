@@ -55,3 +55,24 @@ def validate_stains(stains: Sequence[str], n_channels: int, need_protein: bool =
     if need_protein and PROTEIN not in stains:
         raise DinolocError("No channel is marked as the protein: say which channel holds the protein of interest (e.g. --channels protein=1,nucleus=0).")
     return stains
+
+
+def channel_of(stain: str, stains: Sequence[str]) -> int | None:
+    """The first channel holding ``stain``, or None when no channel does."""
+    stains = tuple(stains)
+    return stains.index(stain) if stain in stains else None
+
+
+def channel_order(needed: Sequence[str], available: Sequence[str]) -> tuple[int, ...] | None:
+    """For each stain of ``needed``, the channel of ``available`` with that stain (each channel used
+    once, so several 'other' channels match in order of appearance); None when a stain is missing.
+    Extra channels of ``available`` are ignored."""
+    unused = list(range(len(available)))
+    order = []
+    for stain in needed:
+        channel = next((i for i in unused if available[i] == stain), None)
+        if channel is None:
+            return None
+        unused.remove(channel)
+        order.append(channel)
+    return tuple(order)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from . import defaults
 from .errors import DinolocError
-from .stains import OTHER, PROTEIN, STAINS
+from .registry import Registry
+from .stains import OTHER, PROTEIN, STAINS, channel_of
 
 ISSELMANN_2026 = ("Isselmann, Göksu, Neumann, Weinmann, Using Deep Learning Models Pretrained by "
                   "Self-Supervised Learning for Protein Localization (arXiv 2604.10970)")
@@ -39,10 +41,6 @@ class ChannelStrategy:
         return len(self.views(torch.zeros(1, len(stains), 1, 1), stains, slots))
 
 
-def _channel_of(stain: str, stains: tuple[str, ...]) -> int | None:
-    return stains.index(stain) if stain in stains else None
-
-
 def _fill_all_slots(crops, channel: int, n_slots: int):
     return crops[:, channel:channel + 1].expand(-1, n_slots, -1, -1)
 
@@ -52,7 +50,7 @@ def replicate_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> l
     present = [s for s in VIEW_STAIN_ORDER if s in stains]
     if not present:
         raise DinolocError("No channel has a known stain: name the channels (e.g. --channels protein=1,nucleus=0).")
-    return [_fill_all_slots(crops, stains.index(s), len(slots)) for s in present]
+    return [_fill_all_slots(crops, channel_of(s, stains), len(slots)) for s in present]
 
 
 def natural_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> list:
@@ -63,7 +61,7 @@ def natural_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> lis
     view = torch.zeros(batch, len(slots), height, width, dtype=crops.dtype, device=crops.device)
     filled = 0
     for slot, stain in enumerate(slots):
-        channel = _channel_of(stain, stains)
+        channel = channel_of(stain, stains)
         if channel is not None and stain != OTHER:
             view[:, slot] = crops[:, channel]
             filled += 1
@@ -77,39 +75,31 @@ def natural_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> lis
 
 def protein_only_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> list:
     """One view: the protein channel copied into every slot."""
-    channel = _channel_of(PROTEIN, stains)
+    channel = channel_of(PROTEIN, stains)
     if channel is None:
         raise DinolocError("The 'protein-only' strategy needs a protein channel: say which channel holds it (e.g. --channels protein=1).")
     return [_fill_all_slots(crops, channel, len(slots))]
 
 
-STRATEGIES: dict[str, ChannelStrategy] = {
-    s.name: s
-    for s in (
-        ChannelStrategy(
-            "natural",
-            "Each stain goes into the input slot of the same stain (protein→protein, nucleus→nucleus); "
-            "slots without a matching stain get zeros. One embedding.",
-            f"{ISSELMANN_2026}: 'natural mapping', their best strategy", natural_views,
-        ),
-        ChannelStrategy(
-            "replicate",
-            "Each stain alone, copied into every input slot, embedded separately; the embeddings are "
-            "concatenated in the order protein, nucleus, microtubules, ER ('other' channels are skipped).",
-            f"{ISSELMANN_2026}: channel-wise embedding; {DINO4CELLS}: ImageNet models on multichannel images",
-            replicate_views,
-        ),
-        ChannelStrategy(
-            "protein-only",
-            "The protein channel copied into every input slot. One embedding.",
-            f"{ISSELMANN_2026}: channel replication", protein_only_views,
-        ),
-    )
-}
-
-
-def get_strategy(name: str) -> ChannelStrategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise DinolocError(f"Unknown channel strategy {name!r}: choose one of {', '.join(STRATEGIES)}.") from None
+STRATEGIES: Registry[ChannelStrategy] = Registry("channel strategy", default=defaults.STRATEGY)
+for _strategy in (
+    ChannelStrategy(
+        "natural",
+        "Each stain goes into the input slot of the same stain (protein→protein, nucleus→nucleus); "
+        "slots without a matching stain get zeros. One embedding.",
+        f"{ISSELMANN_2026}: 'natural mapping', their best strategy", natural_views,
+    ),
+    ChannelStrategy(
+        "replicate",
+        "Each stain alone, copied into every input slot, embedded separately; the embeddings are "
+        "concatenated in the order protein, nucleus, microtubules, ER ('other' channels are skipped).",
+        f"{ISSELMANN_2026}: channel-wise embedding; {DINO4CELLS}: ImageNet models on multichannel images",
+        replicate_views,
+    ),
+    ChannelStrategy(
+        "protein-only",
+        "The protein channel copied into every input slot. One embedding.",
+        f"{ISSELMANN_2026}: channel replication", protein_only_views,
+    ),
+):
+    STRATEGIES.register(_strategy.name, _strategy)

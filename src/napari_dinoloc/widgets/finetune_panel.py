@@ -22,8 +22,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
+from ..core.backbones import is_fine_tuned
 from ..core.errors import DinolocError
-from ..core.finetune import FINETUNED_HASH_PREFIX, FinetuneSettings
+from ..core.finetune import FinetuneSettings
 from ._workers import notify_info, reports_errors
 
 DEFAULTS = FinetuneSettings()
@@ -55,10 +56,6 @@ def check_classes(annotations: dict, class_names) -> None:
     if not annotations:
         raise DinolocError("No annotated cells yet: click cells of at least two classes (step 3), then fine-tune.")
     encode_classes(list(annotations.values()), len(annotations), class_names)
-
-
-def is_fine_tuned(backbone) -> bool:
-    return str(getattr(backbone, "weights_hash", "")).startswith(FINETUNED_HASH_PREFIX)
 
 
 @dataclass

@@ -1,100 +1,41 @@
-"""Reading microscopy images into a :class:`CellImage`: (C, Y, X) float32 in [0, 1], a stain per channel.
-
-Reading happens in two steps so that front ends can ask the user about stains in between:
-:func:`read_image` returns the pixels as stored (:class:`RawImage`, channels first), and
-:func:`make_cell_image` checks and scales them once the stains are known. :func:`load_cell_image`
-does both.
-
-Supported: TIFF / OME-TIFF / ImageJ TIFF (tifffile, axes from the file's metadata when it has
-them), PNG / JPEG and other formats imageio reads, RGB composites, and one file per stain
-(Human Protein Atlas style ``<id>_red.png``, ``_green``, ``_blue``, ``_yellow``).
-"""
+"""Reading image files into a RawImage: TIFF / OME-TIFF / ImageJ TIFF (tifffile, axes from the file's
+metadata when it has them), PNG / JPEG and other formats imageio reads, RGB composites, and one file
+per stain; the channel axis found from metadata, the shape, or the user."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .errors import DinolocError
-from .files import hash_array
-from .stains import HPA_FILE_COLOURS, PROTEIN, RGB_SLOTS, STAINS, parse_channel_spec, validate_stains
+from ..errors import DinolocError
+from ..stains import HPA_FILE_COLOURS, RGB_SLOTS, STAINS
+from ._hpa import hpa_colour, hpa_id, hpa_siblings
+from ._image import CellImage, RawImage, check_dtype, make_cell_image
 
 #: More channels than this on an axis and it is taken for a spatial or Z axis, not channels.
 MAX_CHANNELS = 8
-#: Percentiles that map to 0 and 1 when scaling 16-bit and float images.
-SCALE_PERCENTILES = (0.1, 99.9)
 TIFF_SUFFIXES = (".tif", ".tiff")
-HPA_FILE_PATTERN = re.compile(
-    r"^(?P<id>.+)_(?P<colour>red|green|blue|yellow)\.(png|jpe?g|tiff?)$", re.IGNORECASE
-)
-#: HPA colours in the Kaggle / DINO4Cells channel order.
-HPA_COLOUR_ORDER = ("red", "green", "blue", "yellow")
 
 
-@dataclass(frozen=True, eq=False)
-class CellImage:
-    """A multichannel image ready for the engine. Compare images by ``content_hash``."""
-
-    data: np.ndarray  # (C, Y, X) float32, each channel scaled to [0, 1]
-    stains: tuple[str, ...]  # stain of each channel (stains.STAINS)
-    name: str  # short name for the CSV "image" column
-    content_hash: str  # sha256 of the raw pixels as read, before scaling
-    notes: tuple[str, ...] = ()  # things to tell the user about how the file was read
-
-    def __post_init__(self) -> None:
-        if self.data.ndim != 3 or self.data.dtype != np.float32:
-            raise ValueError(f"CellImage.data must be (C, Y, X) float32, got {self.data.shape} {self.data.dtype}")
-        if len(self.stains) != self.data.shape[0]:
-            raise ValueError(f"{len(self.stains)} stains for {self.data.shape[0]} channels")
-
-    @property
-    def n_channels(self) -> int:
-        return int(self.data.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.data.shape[1]), int(self.data.shape[2]))
-
-    def channel_index(self, stain: str) -> int | None:
-        """Index of the channel holding ``stain``, or None when the image has no such channel."""
-        try:
-            return self.stains.index(stain)
-        except ValueError:
-            return None
-
-    def channel(self, stain: str) -> np.ndarray | None:
-        """The (Y, X) pixels of ``stain``, or None when the image has no such channel."""
-        index = self.channel_index(stain)
-        return None if index is None else self.data[index]
-
-    def with_stains(self, stains: Sequence[str] | str) -> "CellImage":
-        """The same pixels with other stains (a sequence, or a spec such as 'protein=1,nucleus=0')."""
-        resolved = resolve_stains(stains, self.n_channels, self.name)
-        check_protein_not_empty(self.data, resolved, self.name)
-        return CellImage(self.data, resolved, self.name, self.content_hash, self.notes)
-
-
-@dataclass(frozen=True, eq=False)
-class RawImage:
-    """Pixels as stored in the file(s), channels first, before any scaling."""
-
-    array: np.ndarray  # (C, Y, X), original dtype
-    name: str
-    notes: tuple[str, ...] = ()
-    default_stains: tuple[str, ...] | None = None  # known from the file kind, else None
-
-    @property
-    def n_channels(self) -> int:
-        return int(self.array.shape[0])
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading files
-# ----------------------------------------------------------------------------------------------
+def load_cell_image(
+    source: "str | Path | Sequence[str | Path]",
+    stains: Sequence[str] | str | None = None,
+    channel_axis: int | None = None,
+) -> CellImage:
+    """Read ``source`` and make a CellImage. ``stains``: a sequence, a spec such as
+    'protein=1,nucleus=0', or None to use the stains the file kind implies (HPA files, RGB)."""
+    raw = read_image(source, channel_axis)
+    if stains is None:
+        if raw.default_stains is None:
+            raise DinolocError(
+                f"Say which channel is which stain: {raw.name} has {raw.n_channels} channel(s) "
+                f"of {raw.array.shape[1]}x{raw.array.shape[2]} pixels. Give e.g. 'protein=1,nucleus=0' "
+                f"(command line: --channels protein=1,nucleus=0), with stains from {', '.join(STAINS)}."
+            )
+        stains = raw.default_stains
+    return make_cell_image(raw.array, stains, raw.name, raw.notes)
 
 
 def read_image(source: "str | Path | Sequence[str | Path]", channel_axis: int | None = None) -> RawImage:
@@ -307,117 +248,12 @@ def unknown_layout(array: np.ndarray, name: str, axes: str | None) -> DinolocErr
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# File names and HPA groups
-# ----------------------------------------------------------------------------------------------
-
-
 def image_name(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-
-
-def hpa_colour(path: Path) -> str | None:
-    match = HPA_FILE_PATTERN.match(path.name)
-    return match.group("colour").lower() if match else None
-
-
-def hpa_id(path: Path) -> str | None:
-    match = HPA_FILE_PATTERN.match(path.name)
-    return match.group("id") if match else None
-
-
-def hpa_siblings(path: Path) -> list[Path]:
-    """The stain files of the same HPA id beside ``path`` (red, green, blue, yellow order)."""
-    if not hpa_colour(path) or not path.parent.is_dir():
-        return [path]
-    return next((g for g in find_hpa_groups(path.parent.iterdir()) if path.resolve() in [p.resolve() for p in g]), [path])
-
-
-def find_hpa_groups(paths: Iterable[str | Path]) -> list[list[Path]]:
-    """Group HPA stain files by id: ``<id>_red.png``, ``_green``, ``_blue``, ``_yellow``.
-
-    Folders among ``paths`` are searched (not recursively). Each group is ordered red, green,
-    blue, yellow (the HPA_SLOTS order); groups are sorted by folder and id. Other files are ignored.
-    """
-    groups: dict[tuple[Path, str], dict[str, Path]] = {}
-    for path in expand_folders(paths):
-        match = HPA_FILE_PATTERN.match(path.name)
-        if match:
-            key = (path.parent, match.group("id"))
-            groups.setdefault(key, {})[match.group("colour").lower()] = path
-    return [
-        [files[c] for c in HPA_COLOUR_ORDER if c in files]
-        for _, files in sorted(groups.items(), key=lambda item: (str(item[0][0]), item[0][1]))
-    ]
-
-
-def expand_folders(paths: Iterable[str | Path]) -> list[Path]:
-    found = []
-    for path in map(Path, paths):
-        found.extend(sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])
-    return found
-
-
-# ----------------------------------------------------------------------------------------------
-# Checking and scaling
-# ----------------------------------------------------------------------------------------------
-
-
-def make_cell_image(array: np.ndarray, stains: Sequence[str], name: str = "image", notes: Sequence[str] = ()) -> CellImage:
-    """Check ``array`` ((C, Y, X) or (Y, X)) and scale each channel to [0, 1].
-
-    uint8 is divided by 255 (its brightness is meaningful); other types are scaled per channel
-    between the 0.1 and 99.9 percentiles, so a few hot pixels do not darken the image.
-    """
-    array = np.asarray(array)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3:
-        raise DinolocError(f"{name}: expected channels, Y, X pixels but got shape {array.shape}.")
-    check_dtype(array, Path(name))
-    stains = resolve_stains(stains, array.shape[0], name)
-    check_finite(array, name)
-    check_not_empty(array, name)
-    data = scale_channels(array)
-    check_protein_not_empty(data, stains, name, raw=array)
-    return CellImage(data, stains, name, hash_array(array), tuple(notes))
-
-
-def load_cell_image(
-    source: "str | Path | Sequence[str | Path]",
-    stains: Sequence[str] | str | None = None,
-    channel_axis: int | None = None,
-) -> CellImage:
-    """Read ``source`` and make a CellImage. ``stains``: a sequence, a spec such as
-    'protein=1,nucleus=0', or None to use the stains the file kind implies (HPA files, RGB)."""
-    raw = read_image(source, channel_axis)
-    if stains is None:
-        if raw.default_stains is None:
-            raise DinolocError(
-                f"Say which channel is which stain: {raw.name} has {raw.n_channels} channel(s) "
-                f"of {raw.array.shape[1]}x{raw.array.shape[2]} pixels. Give e.g. 'protein=1,nucleus=0' "
-                f"(command line: --channels protein=1,nucleus=0), with stains from {', '.join(STAINS)}."
-            )
-        stains = raw.default_stains
-    return make_cell_image(raw.array, stains, raw.name, raw.notes)
-
-
-def resolve_stains(stains: Sequence[str] | str, n_channels: int, name: str) -> tuple[str, ...]:
-    """A spec ('protein=1,nucleus=0'), a comma list ('nucleus,protein') or a sequence."""
-    if isinstance(stains, str):
-        if "=" in stains:
-            return validate_stains(parse_channel_spec(stains, n_channels), n_channels, need_protein=False)
-        stains = [s.strip() for s in stains.split(",") if s.strip()]
-    if len(stains) != n_channels:
-        raise DinolocError(
-            f"{len(stains)} stain(s) given ({', '.join(stains)}) but {name} has {n_channels} channel(s): "
-            "name the stain of every channel, e.g. 'protein=1,nucleus=0' (unnamed channels become 'other')."
-        )
-    return validate_stains(stains, n_channels, need_protein=False)
 
 
 def check_file_exists(path: Path) -> None:
@@ -432,58 +268,3 @@ def unreadable(path: Path, exc: Exception) -> DinolocError:
         f"Cannot read {path.name} as an image ({type(exc).__name__}: {exc}). The file may be corrupt, "
         "incomplete or not an image: open it in another viewer, or save it again as TIFF or PNG."
     )
-
-
-def check_dtype(array: np.ndarray, path: Path) -> None:
-    if array.dtype.kind not in "buif":
-        raise DinolocError(
-            f"{path.name} holds {array.dtype} values, which are not image intensities: save it as "
-            "8- or 16-bit integers or floats."
-        )
-
-
-def check_finite(array: np.ndarray, name: str) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(array.size - np.isfinite(array).sum())
-        raise DinolocError(
-            f"{name} has {bad} NaN or infinite pixel value(s): fix or replace them (e.g. with 0) "
-            "before loading the image."
-        )
-
-
-def check_not_empty(array: np.ndarray, name: str) -> None:
-    if not array.any():
-        raise DinolocError(f"{name} is empty: every pixel is 0. Check that the right file was chosen and that it was exported correctly.")
-
-
-def check_protein_not_empty(data: np.ndarray, stains: Sequence[str], name: str, raw: np.ndarray | None = None) -> None:
-    if PROTEIN not in stains:
-        return
-    index = list(stains).index(PROTEIN)
-    pixels = raw[index] if raw is not None else data[index]
-    if pixels.min() == pixels.max():
-        raise DinolocError(
-            f"The protein channel (channel {index}) of {name} is empty: all its pixels equal {pixels.flat[0]}. "
-            "Check which channel holds the protein and assign it (e.g. 'protein=1,nucleus=0')."
-        )
-
-
-def scale_channels(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(255.0)
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    return np.stack([scale_by_percentiles(channel) for channel in array]).astype(np.float32, copy=False)
-
-
-def scale_by_percentiles(channel: np.ndarray) -> np.ndarray:
-    channel = channel.astype(np.float32)
-    # A strided sample gives the same percentiles to a fraction of a grey level, much faster.
-    step = max(1, int(np.sqrt(channel.size / 1_000_000)))
-    low, high = np.percentile(channel[::step, ::step], SCALE_PERCENTILES)
-    if high <= low:  # sparse signal: fewer than 0.1 % of pixels above the background
-        high = float(channel.max())
-    if high <= low:
-        return np.zeros_like(channel)
-    scaled = (channel - np.float32(low)) / np.float32(high - low)
-    return np.clip(scaled, 0.0, 1.0, out=scaled)

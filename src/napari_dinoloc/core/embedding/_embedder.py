@@ -1,78 +1,24 @@
-"""Embeddings of cells (or whole fields) from a backbone: crop, map stains to slots, normalise, run.
-
-Crops for the next batch are prepared in a background thread while the model runs the current one.
-Reduced precision (bf16/fp16 autocast) is used only after the first batch shows it agrees with fp32.
-"""
+"""The Embedder: numpy crops in, one vector per crop out (strategy views, normalisation, mixed precision),
+and running many batches with their preparation overlapped in a background thread."""
 
 from __future__ import annotations
 
 import queue
 import threading
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from .backbones import LoadedBackbone, normalize
-from .cache import signature as cache_signature
-from .crops import field_tile_origins, iter_cell_crops, iter_field_crops
-from .devices import PRECISIONS, autocast_dtype
-from .errors import DinolocError
-from .files import hash_array
-from .progress import CancelToken, ProgressCallback, check_cancel, report
-from .stains import validate_stains
-from .strategies import get_strategy
+from ..backbones import LoadedBackbone, normalize
+from ..devices import autocast_dtype
+from ..progress import CancelToken, ProgressCallback, check_cancel, report
+from ..strategies import STRATEGIES
+from ._settings import EmbedSettings
 
-EMBEDDING_TYPES = ("cls", "cls+mean", "mean")
 MIN_COSINE = 0.999  # reduced precision must agree with fp32 this well on every row of the first batch
 _PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
-
-
-@dataclass(frozen=True)
-class EmbedSettings:
-    strategy: str = "natural"
-    embedding: str = "cls"  # one of EMBEDDING_TYPES
-    crop_size: int | None = None  # pixels of the image around each cell; None: the backbone's input size
-    input_size: int | None = None  # crops are resized to this; None: the backbone's input size
-    mask_background: bool = True
-    batch_size: int = 32
-    device: str = "auto"  # where the caller loads the backbone; the Embedder runs on the backbone's device
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-
-    def resolved(self, backbone: LoadedBackbone) -> "EmbedSettings":
-        """Sizes filled in from the backbone, every choice checked."""
-        get_strategy(self.strategy)
-        if self.embedding not in EMBEDDING_TYPES:
-            raise DinolocError(f"Unknown embedding type {self.embedding!r}: choose one of {', '.join(EMBEDDING_TYPES)}.")
-        if self.precision not in PRECISIONS:
-            raise DinolocError(f"Unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
-        if self.batch_size < 1:
-            raise DinolocError(f"The batch size must be at least 1 (got {self.batch_size}).")
-        size = backbone.spec.input_size
-        settings = replace(self, crop_size=self.crop_size or size, input_size=self.input_size or size)
-        patch = backbone.spec.patch_size
-        if settings.input_size % patch:
-            raise DinolocError(f"The input size {settings.input_size} is not a multiple of the backbone's patch size {patch}: "
-                               f"use e.g. {max(patch, settings.input_size // patch * patch)}.")
-        if settings.crop_size < 1:
-            raise DinolocError(f"The crop size must be at least 1 pixel (got {settings.crop_size}).")
-        return settings
-
-
-@dataclass
-class Embeddings:
-    labels: np.ndarray  # (N,) cell labels (or tile / field ids)
-    vectors: np.ndarray  # (N, D) float32
-    signature: dict  # what produced them: backbone, weights hash, strategy, crop settings, precision used...
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
 
 @dataclass
 class PreparedBatch:
@@ -87,7 +33,7 @@ class Embedder:
     def __init__(self, backbone: LoadedBackbone, settings: EmbedSettings = EmbedSettings()):
         self.backbone = backbone
         self.settings = settings.resolved(backbone)
-        self.strategy = get_strategy(self.settings.strategy)
+        self.strategy = STRATEGIES.lookup(self.settings.strategy)
         self.autocast = autocast_dtype(backbone.device, self.settings.precision)
         self.precision_used: str | None = "fp32" if self.autocast is None else None  # decided on the first batch
         self.min_cosine: float | None = None
@@ -259,80 +205,3 @@ def run_batches(embedder: Embedder, batches: Iterator, stains: Sequence[str], to
             report(progress, done, total, what)
     check_cancel(cancel)
     return ids[:done], vectors[:done]
-
-
-# --- public entry points ----------------------------------------------------------------------
-
-def embed_cells(image, labels: np.ndarray, backbone: LoadedBackbone, settings: EmbedSettings = EmbedSettings(),
-                cache=None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                table=None) -> Embeddings:
-    """One embedding per cell of ``labels`` (``table``: the CellTable of ``labels``, computed if not given)."""
-    settings = settings.resolved(backbone)
-    stains = validate_stains(image.stains, image.data.shape[0], need_protein=False)
-    if table is None:
-        from .segmentation import CellTable
-
-        table = CellTable.from_labels(labels)
-    key = _signature("cells", image, hash_array(labels), backbone, settings)
-    total = len(table.label)
-    cached = _from_cache(cache, key, progress, total)
-    if cached is not None:
-        return cached
-    embedder = Embedder(backbone, settings)
-    batches = iter_cell_crops(image, labels, table, settings.crop_size, settings.mask_background, settings.batch_size)
-    ids, vectors = run_batches(embedder, batches, stains, total, progress, cancel, "Embedding cells")
-    result = Embeddings(ids, vectors, _result_signature(key, embedder, vectors))
-    _to_cache(cache, key, result)
-    return result
-
-
-def embed_field(image, backbone: LoadedBackbone, settings: EmbedSettings = EmbedSettings(), tile_size: int | None = None,
-                cache=None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Embeddings:
-    """One embedding for the whole field (id 0): the mean over its tiles, or the padded square image."""
-    settings = replace(settings.resolved(backbone), crop_size=tile_size, mask_background=False)
-    stains = validate_stains(image.stains, image.data.shape[0], need_protein=False)
-    key = _signature("field", image, None, backbone, settings, tile_size)
-    total = len(field_tile_origins(image.data.shape[1:], tile_size))
-    cached = _from_cache(cache, key, progress, total)
-    if cached is not None:
-        return cached
-    embedder = Embedder(backbone, settings)
-    batches = iter_field_crops(image, tile_size, settings.batch_size)
-    _, tiles = run_batches(embedder, batches, stains, total, progress, cancel, "Embedding the field")
-    vectors = tiles.mean(axis=0, keepdims=True)
-    result = Embeddings(np.zeros(1, np.int64), vectors, _result_signature(key, embedder, vectors, n_tiles=total))
-    _to_cache(cache, key, result)
-    return result
-
-
-def _signature(kind: str, image, labels_hash, backbone: LoadedBackbone, settings: EmbedSettings, tile_size=None) -> dict:
-    return cache_signature(
-        kind=kind, image_hash=image.content_hash, labels_hash=labels_hash, stains=image.stains,
-        backbone=backbone.name, weights_hash=backbone.weights_hash, strategy=settings.strategy,
-        embedding=settings.embedding, crop_size=settings.crop_size, input_size=settings.input_size,
-        mask_background=settings.mask_background, tile_size=tile_size, device=backbone.device.type,
-        precision=settings.precision,
-    )
-
-
-def _result_signature(key: dict, embedder: Embedder, vectors: np.ndarray, **extra) -> dict:
-    return {**key, "precision_used": embedder.precision_used or "fp32", "dim": int(vectors.shape[1]),
-            "slots": list(embedder.backbone.spec.slots), "normalization": embedder.backbone.spec.normalization, **extra}
-
-
-def _from_cache(cache, key: dict, progress, total: int):
-    if cache is None:
-        return None
-    hit = cache.get(key)
-    if hit is not None:
-        report(progress, total, total, "Embeddings loaded from the cache")
-    return hit
-
-
-def _to_cache(cache, key: dict, result: Embeddings) -> None:
-    if cache is None:
-        return
-    try:
-        cache.put(key, result)
-    except (DinolocError, OSError) as exc:  # the embeddings are still good; only reuse is lost
-        warnings.warn(f"Could not write the embedding cache: {exc}", RuntimeWarning, stacklevel=3)

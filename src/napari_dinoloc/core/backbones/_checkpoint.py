@@ -1,0 +1,121 @@
+"""Reading backbone checkpoints safely: safetensors, or torch files with ``weights_only`` (no pickled code runs).
+
+DINO training checkpoints yield their teacher; DDP/MultiCropWrapper/torch.compile prefixes are stripped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import DinolocError
+from ..files import hash_file
+
+_DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO's MultiCropWrapper, torch.compile
+_NESTED_KEYS = ("teacher", "state_dict", "model")  # DINO evaluates the teacher, not the student
+_DROP_KEYS = ("mask_token",)  # DINOv2 training-only token
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The backbone state dict stored in ``path`` (safetensors or a torch file), read without running code.
+
+    DINO training checkpoints yield their teacher; ``module.``/``backbone.`` prefixes are stripped and
+    the DINO projection head (``head.*``) is dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DinolocError(f"The weights file {path} does not exist. Check the path given with --weights.")
+    raw = _read_safetensors(path) if _looks_like_safetensors(path) else _read_torch_file(path)
+    return _backbone_state(raw, path)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise _damaged(path, exc) from exc
+
+
+def _read_torch_file(path: Path) -> dict:
+    import argparse
+    import pickle
+
+    import torch
+
+    try:
+        # argparse.Namespace: the 'args' entry of DINO training checkpoints; it only holds plain values
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise DinolocError(
+                f"Refusing to load {path.name}: it contains a pickled Python object ({found.group(1)}) that could "
+                "run code when loaded. Use a checkpoint that holds only tensors (a state dict .pth or .safetensors); "
+                "if you trust its source, convert it to safetensors yourself."
+            ) from None
+        raise _damaged(path, exc) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise _damaged(path, exc) from exc
+
+
+def _damaged(path: Path, exc: BaseException) -> DinolocError:
+    reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return DinolocError(
+        f"Cannot read the weights file {path.name}: it is damaged or not a PyTorch/safetensors checkpoint "
+        f"({reason}). Download it again or choose another file."
+    )
+
+
+def _backbone_state(raw, path: Path) -> dict:
+    import torch
+
+    while isinstance(raw, dict):
+        nested = next((raw[k] for k in _NESTED_KEYS if isinstance(raw.get(k), dict)), None)
+        if nested is None:
+            break
+        raw = nested
+    if not isinstance(raw, dict):
+        raise DinolocError(f"{path.name} holds a {type(raw).__name__}, not model weights. Give a checkpoint or state dict file.")
+    state = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = _strip_prefixes(str(key))
+        if key.startswith("head.") or key in _DROP_KEYS:  # DINO projection head: not part of the backbone
+            continue
+        state[key] = value
+    if not state:
+        raise DinolocError(f"{path.name} holds no model weights (no tensors found). Give a checkpoint or state dict file.")
+    return state
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _DROP_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def weights_file_hash(path: str | Path) -> str:
+    """sha256 of the file, computed once per (path, size, mtime) in this process."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        _HASH_CACHE[key] = hash_file(path)
+    return _HASH_CACHE[key]

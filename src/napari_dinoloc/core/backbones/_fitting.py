@@ -1,0 +1,174 @@
+"""Fitting a state dict to an architecture: shape and key problems named for the user, position
+embeddings resampled, and the architecture of a bare checkpoint inferred from its tensors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from ..errors import DinolocError
+from ..stains import HPA_SLOTS, PROTEIN, RGB_SLOTS
+from ._checkpoint import _looks_like_safetensors
+from ._registry import DINO_PAPER, BackboneSpec
+
+SPEC_METADATA_KEY = "dinoloc.spec"  # safetensors metadata written by save_backbone_weights()
+
+
+def load_weights_into(model, state: dict, spec: BackboneSpec, path: Path) -> None:
+    """Load ``state`` into ``model`` or refuse, naming what differs."""
+    state = _resample_pos_embed(model, state)
+    problems = _shape_problems(model, state) or _key_problems(model, state)
+    if problems:
+        raise DinolocError(
+            f"The weights file {path.name} does not fit the backbone {spec.name!r}: {'; '.join(problems)}. "
+            "Choose the backbone the file was trained for, or 'checkpoint' to read the architecture from the file."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _shape_problems(model, state: dict) -> list[str]:
+    expected = model.state_dict()
+    problems = []
+    patch = state.get("patch_embed.proj.weight")
+    if patch is not None and patch.ndim == 4:
+        want = expected["patch_embed.proj.weight"].shape
+        if patch.shape[1] != want[1]:
+            problems.append(f"patch embedding expects {want[1]} input channels, the file has {patch.shape[1]}")
+        if patch.shape[0] != want[0]:
+            problems.append(f"embedding width expected {want[0]}, the file has {patch.shape[0]}")
+        if tuple(patch.shape[2:]) != tuple(want[2:]):
+            problems.append(f"patch size expected {want[2]}, the file has {patch.shape[2]}")
+        if problems:
+            return problems
+    mismatched = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    for key in mismatched[:3]:
+        problems.append(f"{key} expected shape {tuple(expected[key].shape)}, the file has {tuple(state[key].shape)}")
+    if len(mismatched) > 3:
+        problems.append(f"and {len(mismatched) - 3} more tensors of other shapes")
+    return problems
+
+
+def _key_problems(model, state: dict) -> list[str]:
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    problems = []
+    depth_model, depth_file = _depth(expected), _depth(state)
+    if depth_model != depth_file:
+        problems.append(f"the backbone has {depth_model} transformer blocks, the file has {depth_file}")
+    if missing:
+        problems.append(f"missing from the file: {_brief(missing)}")
+    if unexpected:
+        problems.append(f"not used by the backbone: {_brief(unexpected)}")
+    return problems
+
+
+def _brief(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _depth(keys) -> int:
+    blocks = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
+    return max(blocks) + 1 if blocks else 0
+
+
+def _resample_pos_embed(model, state: dict) -> dict:
+    """A checkpoint trained at another image size fits after resampling its position embeddings."""
+    pos = state.get("pos_embed")
+    target = getattr(model, "pos_embed", None)
+    if pos is None or target is None or pos.shape == target.shape or pos.shape[-1] != target.shape[-1]:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    old_grid = math.isqrt(pos.shape[1] - prefix)
+    if old_grid * old_grid != pos.shape[1] - prefix:
+        return state  # not a square grid: let the shape check report it
+    resampled = resample_abs_pos_embed(pos, new_size=list(model.patch_embed.grid_size),
+                                       old_size=[old_grid, old_grid], num_prefix_tokens=prefix)
+    return {**state, "pos_embed": resampled}
+
+
+# --- inferring the architecture of a checkpoint ----------------------------------------------
+
+def infer_spec(state: dict, stored: dict | None = None, name: str = "checkpoint") -> BackboneSpec:
+    """A BackboneSpec read from the state dict's shapes (or from metadata this plugin stored)."""
+    if stored:
+        return _spec_from_metadata(stored, name)
+    patch = state.get("patch_embed.proj.weight")
+    if patch is None or patch.ndim != 4:
+        raise DinolocError("The file has no ViT patch embedding (patch_embed.proj.weight): it is not a ViT checkpoint napari-dinoloc can read.")
+    dim, in_chans, patch_size = int(patch.shape[0]), int(patch.shape[1]), int(patch.shape[2])
+    slots, normalization = _slots_for_channels(in_chans)
+    kwargs = _arch_kwargs_from_state(state, dim, in_chans, patch_size)
+    return BackboneSpec(
+        name=name, description=f"ViT read from a checkpoint: {dim} dims, patch {patch_size}, {in_chans} channel(s)",
+        paper=DINO_PAPER, source="file", arch=None, slots=slots, normalization=normalization,
+        input_size=kwargs["img_size"], patch_size=patch_size, arch_kwargs=kwargs,
+    )
+
+
+def _slots_for_channels(in_chans: int) -> tuple[tuple[str, ...], str]:
+    if in_chans == 4:
+        return HPA_SLOTS, "self"
+    if in_chans == 3:
+        return RGB_SLOTS, "imagenet"
+    if in_chans == 1:
+        return (PROTEIN,), "self"
+    raise DinolocError(
+        f"The checkpoint's model takes {in_chans} input channels; napari-dinoloc knows what 1 (protein), "
+        "3 (RGB) or 4 (HPA: microtubules, protein, nucleus, ER) channels mean."
+    )
+
+
+def _arch_kwargs_from_state(state: dict, dim: int, in_chans: int, patch_size: int) -> dict:
+    depth = _depth(state)
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    if depth == 0 or fc1 is None:
+        raise DinolocError("The file has no ViT transformer blocks (blocks.N.*): it is not a ViT checkpoint napari-dinoloc can read.")
+    class_token = "cls_token" in state
+    reg_tokens = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
+    kwargs = dict(
+        img_size=224, patch_size=patch_size, in_chans=in_chans, embed_dim=dim, depth=depth,
+        num_heads=max(1, dim // 64),  # not stored in weights; every DINO ViT (tiny/small/base/large) uses 64-dim heads
+        mlp_ratio=fc1.shape[0] / dim, qkv_bias="blocks.0.attn.qkv.bias" in state,
+        init_values=1.0 if "blocks.0.ls1.gamma" in state else None,  # layer scale (DINOv2); values come from the file
+        class_token=class_token, reg_tokens=reg_tokens,
+        global_pool="token" if class_token else "avg",
+    )
+    pos = state.get("pos_embed")
+    if pos is not None:
+        tokens = int(pos.shape[1])
+        prefix = int(class_token) + reg_tokens
+        grid = math.isqrt(tokens - prefix)
+        if grid * grid != tokens - prefix and math.isqrt(tokens) ** 2 == tokens:
+            grid, kwargs["no_embed_class"] = math.isqrt(tokens), True
+        kwargs["img_size"] = grid * patch_size
+    return kwargs
+
+
+def _safetensors_spec(path: Path) -> dict | None:
+    if not _looks_like_safetensors(path):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get(SPEC_METADATA_KEY)
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _spec_from_metadata(stored: dict, name: str) -> BackboneSpec:
+    try:
+        return BackboneSpec(
+            name=name, description=stored.get("description", ""), paper=stored.get("paper", ""), source="file",
+            arch=stored.get("arch"), slots=tuple(stored["slots"]), normalization=stored["normalization"],
+            input_size=int(stored["input_size"]), patch_size=int(stored["patch_size"]),
+            arch_kwargs=dict(stored.get("arch_kwargs", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DinolocError(f"The backbone description stored in the weights file is incomplete ({exc}). Save the backbone again.") from exc

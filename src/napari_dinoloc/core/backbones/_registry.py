@@ -1,0 +1,102 @@
+"""The backbones napari-dinoloc knows: a timm ViT architecture + a weights source + what its input means.
+
+Weights come from the timm hub (``source="timm"``), from a local file the user gives
+(``source="file"``; DINO training checkpoints, plain state dicts, safetensors) or from a seeded random
+initialisation (``source="random"``, only when the name says so: never a silent fallback).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import defaults
+from ..registry import Registry
+from ..stains import HPA_SLOTS, RGB_SLOTS
+
+NORMALIZATIONS = ("imagenet", "self")
+
+DINO_PAPER = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers (ICCV 2021)"
+DINOV2_PAPER = "Oquab et al., DINOv2: Learning Robust Visual Features without Supervision (TMLR 2024)"
+DINO4CELLS_PAPER = "Doron, Moutakanni et al., Unbiased single-cell morphology with self-supervised vision transformers (DINO4Cells)"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    description: str
+    paper: str
+    source: str  # "timm" | "file" | "random"
+    arch: str | None  # timm model name; None: built from arch_kwargs (or inferred from a checkpoint)
+    slots: tuple[str, ...]  # stain of each input slot
+    normalization: str  # "imagenet" | "self"
+    input_size: int
+    patch_size: int
+    arch_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.slots)
+
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", default=defaults.BACKBONE)
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    if spec.source not in ("timm", "file", "random"):
+        raise ValueError(f"unknown backbone source {spec.source!r}")
+    if spec.normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {spec.normalization!r}")
+    if spec.normalization == "imagenet" and len(spec.slots) != 3:
+        raise ValueError("ImageNet normalisation needs exactly 3 (RGB) slots")
+    return BACKBONES.register(spec.name, spec)
+
+
+
+def _register_defaults() -> None:
+    for size, width in (("s", "small"), ("b", "base")):
+        for patch in (16, 8):
+            register_backbone(BackboneSpec(
+                name=f"dino-vit{size}{patch}",
+                description=f"DINO ViT-{size.upper()}/{patch} pretrained on ImageNet-1k (3 channels, RGB slots).",
+                paper=DINO_PAPER, source="timm", arch=f"vit_{width}_patch{patch}_224.dino",
+                slots=RGB_SLOTS, normalization="imagenet", input_size=224, patch_size=patch,
+            ))
+    register_backbone(BackboneSpec(
+        name="dinov2-vits14",
+        description="DINOv2 ViT-S/14 (LVD-142M), run at 224 px (3 channels, RGB slots).",
+        paper=DINOV2_PAPER, source="timm", arch="vit_small_patch14_dinov2.lvd142m",
+        slots=RGB_SLOTS, normalization="imagenet", input_size=224, patch_size=14,
+        arch_kwargs={"img_size": 224},
+    ))
+    register_backbone(BackboneSpec(
+        name="hpa-dino-vits16",
+        description="DINO4Cells 4-channel ViT-S/16 trained on HPA (microtubules, protein, nucleus, ER); "
+                    "needs the checkpoint file (--weights).",
+        paper=DINO4CELLS_PAPER, source="file", arch="vit_small_patch16_224",
+        slots=HPA_SLOTS, normalization="self", input_size=224, patch_size=16,
+        arch_kwargs={"in_chans": 4},
+    ))
+    register_backbone(BackboneSpec(
+        name="checkpoint",
+        description="Any local ViT checkpoint; the architecture is read from the file "
+                    "(4 channels: HPA slots, 3: RGB slots, 1: protein only).",
+        paper=DINO_PAPER, source="file", arch=None,
+        slots=RGB_SLOTS, normalization="imagenet", input_size=224, patch_size=16,
+    ))
+    register_backbone(BackboneSpec(
+        name="random",
+        description="ViT-S/16 with seeded random weights: a baseline, and the cost of dino-vits16 offline.",
+        paper="", source="random", arch="vit_small_patch16_224",
+        slots=RGB_SLOTS, normalization="imagenet", input_size=224, patch_size=16,
+    ))
+    register_backbone(BackboneSpec(
+        name="random-tiny",
+        description="Tiny ViT with seeded random weights, for tests (patch 8, 64 dims, 2 blocks, 32 px).",
+        paper="", source="random", arch=None,
+        slots=RGB_SLOTS, normalization="imagenet", input_size=32, patch_size=8,
+        arch_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
+    ))
+
+
+_register_defaults()
