@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from napari_dinoloc.core import backbones, devices
+from napari_dinoloc.core import backbones, devices, network
 from napari_dinoloc.core.backbones import BACKBONES, load_backbone, read_checkpoint, save_backbone_weights
 from napari_dinoloc.core.errors import DinolocError
 from napari_dinoloc.core.stains import HPA_SLOTS, PROTEIN, RGB_SLOTS
@@ -221,8 +221,37 @@ def test_offline_hub_download_explains_how_to_give_a_file(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(network, "hub_reachable", lambda: True)
     with pytest.raises(DinolocError, match="could not be downloaded.*--weights"):
         load_backbone("dino-vits16", device="cpu")
+
+
+def test_without_network_the_hub_is_asked_offline_once_and_says_so(monkeypatch):
+    import timm
+    from huggingface_hub import constants
+
+    seen = []
+
+    def cache_only(*args, pretrained=False, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise OSError("not in the local cache")
+
+    monkeypatch.setattr(timm, "create_model", cache_only)
+    monkeypatch.setattr(network, "hub_reachable", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(DinolocError, match="No network.*not cached.*--weights") as raised:
+        load_backbone("dino-vits16", device="cpu")
+    assert seen == [True]  # one attempt, served from the cache only: no download retries
+    assert "Retry" not in str(raised.value)
+
+
+def test_hub_reachable_is_false_when_switched_off(monkeypatch):
+    network.hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        assert network.hub_reachable() is False
+    finally:
+        network.hub_reachable.cache_clear()
 
 
 def test_random_weights_are_seeded_and_leave_the_global_rng_alone():

@@ -102,9 +102,20 @@ def _seeded_random_model(spec: BackboneSpec):
 
 
 def _model_from_hub(spec: BackboneSpec):
+    from ..network import hub_reachable, use_hub_offline
+
+    online = hub_reachable()
+    if not online:
+        use_hub_offline()  # weights cached earlier still load; missing ones fail at once, without retries
     try:
         return _build_model(spec, pretrained=True)
     except Exception as exc:  # network, hub cache or HTTP errors all mean the same to the user
+        if not online:
+            raise DinolocError(
+                f"No network: the weights of {spec.name!r} ({spec.arch}) are not cached on this machine. "
+                "Connect once (they are cached afterwards), or give a weights file with --weights "
+                "(in napari: the weights file field)."
+            ) from None
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise DinolocError(
             f"The weights of {spec.name!r} ({spec.arch}) could not be downloaded ({reason}). "
