@@ -171,7 +171,7 @@ class ModelPanel(QWidget):
     @reports_errors("Embedding cells")
     def embed(self) -> bool:
         session = self.state.session
-        session._require_cells()
+        session.require_cells()
         name, weights, settings = self.spec().name, self.weights_path(), self.settings()
         labels = session.labels
 
