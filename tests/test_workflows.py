@@ -232,3 +232,17 @@ def test_write_cells_and_embeddings(field, jobs, options, backbone, tmp_path):
     assert cell_files.write_embeddings(jobs, options, backbone, tmp_path / "e.npz") == (n_cells(field), 1)
     with pytest.raises(DinolocError, match="does not exist"):
         list(cell_files.write_cells(jobs, options, tmp_path / "missing"))
+
+
+def test_exports_of_one_session(field, backbone, tmp_path):
+    from napari_dinoloc.core.embedding_files import load_embeddings
+
+    session = embedded_session(field, backbone)
+    path = cell_files.export_cells(session, tmp_path / "c.csv", {1: "cytoplasm"})
+    rows = read_table(path)
+    assert len(rows) == n_cells(field) and [r["user_label"] for r in rows if r["user_label"]] == ["cytoplasm"]
+    saved = load_embeddings(cell_files.export_embeddings(session, tmp_path / "e.npz"))
+    assert saved["vectors"].shape == session.embeddings.vectors.shape and set(saved["image"]) == {"field_000"}
+    empty = Session()
+    with pytest.raises(DinolocError, match="No image yet"):
+        cell_files.export_cells(empty, tmp_path / "x.csv")

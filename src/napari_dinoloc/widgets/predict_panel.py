@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DinolocError
+from ..core.workflows.cells import export_cells, export_embeddings
 from ..core.workflows.predicting import predict_session_with_bundle, save_session_model
 from ._layers import colour_for
 from ._workers import notify_info, path_row, reports_errors
@@ -101,22 +102,15 @@ class ExportBox(QWidget):
 
     @reports_errors("Exporting the cells")
     def export_cells_csv(self, path: str) -> Optional[Path]:
-        from ..core.table import write_table
-
         session, store = self.state.session, self.state.annotations
-        session.require_cells()
-        class_names = session.predictions.class_names if session.predictions is not None else ()
-        written = write_table(path, session.rows(store.annotations if store else {}), class_names)
+        written = export_cells(session, path, store.annotations if store else {})
         notify_info(f"Wrote {len(session.table)} cells to {written}.")
         return written
 
     @reports_errors("Exporting the embeddings")
     def export_embeddings_npz(self, path: str) -> Optional[Path]:
-        from ..core.embedding_files import save_embeddings
-
         session = self.state.session
-        session.require_embeddings()
-        written = save_embeddings(path, [(session.image.name, session.embeddings)])
+        written = export_embeddings(session, path)
         notify_info(f"Wrote the embeddings of {len(session.embeddings.labels)} cells to {written}.")
         return written
 

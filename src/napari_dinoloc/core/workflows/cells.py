@@ -39,3 +39,20 @@ def write_embeddings(jobs: Sequence, options, backbone, out, cache=None, progres
     parts = [(s.image.name, s.embeddings) for s in embedded_sessions(jobs, options, backbone, cache, progress, cancel)]
     save_embeddings(out, parts)
     return sum(len(e.labels) for _, e in parts), len(parts)
+
+
+# ---- one image in a session (the widgets' exports) ---------------------------------------------------
+def export_cells(session, path, user_labels=None) -> Path:
+    """The per-cell CSV of the session: geometry, predictions when there are any, the user's labels."""
+    from ..table import write_table
+
+    session.require_cells()
+    class_names = session.predictions.class_names if session.predictions is not None else ()
+    return write_table(path, session.rows(user_labels or {}), class_names)
+
+
+def export_embeddings(session, path) -> Path:
+    from ..embedding_files import save_embeddings
+
+    session.require_embeddings()
+    return save_embeddings(path, [(session.image.name, session.embeddings)])
