@@ -208,3 +208,14 @@ def test_finetuned_bundle_predicts_the_other_image(samples, tmp_path):
     rows = read_table(out)
     assert len(rows) == sum(int(tifffile.imread(samples / f"field_00{i}_labels.tif").max()) for i in (0, 1))
     assert all(r["weights_hash"].startswith("finetuned:") for r in rows)
+
+
+def test_help_shows_the_defaults_and_registry_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: knn)" in text and "(default: dino-vits16)" in text and "{natural,replicate,protein-only}" in text
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "x.tif", "--annotations", "a.csv", "--out", "m.dinoloc", "--head", "forest"])
+    assert exit_.value.code == 2 and "invalid choice: 'forest'" in capsys.readouterr().err

@@ -48,7 +48,8 @@ def model_options() -> argparse.ArgumentParser:
 
     d = EmbedSettings()
     parser = argparse.ArgumentParser(add_help=False, formatter_class=FORMATTER)
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list(BACKBONES), help="backbone (dinoloc backbones describes them)")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=list(BACKBONES), metavar="NAME",
+                        help=f"backbone: {', '.join(BACKBONES)} (dinoloc backbones describes them)")
     parser.add_argument("--weights", type=Path, help="local weights file (DINO checkpoint, .pth state dict or .safetensors)")
     parser.add_argument("--strategy", default=d.strategy, choices=list(STRATEGIES), help="how the stains enter the backbone")
     parser.add_argument("--embedding", default=d.embedding, choices=EMBEDDING_TYPES)
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", "the main job: napari with the plugin and a sample, or headless without a display")
     demo.add_argument("outdir", type=Path, nargs="?", default=Path("dinoloc-demo"))
     demo.add_argument("--headless", action="store_true", help="run the pipeline without a window even when a display exists")
-    demo.add_argument("--backbone", default=None, choices=list(BACKBONES),
+    demo.add_argument("--backbone", default=None, choices=list(BACKBONES), metavar="NAME",
                       help="backbone for the headless run (default: dino-vits16, or random weights when offline)")
     demo.add_argument("--size", type=positive_int, default=768)
     return parser

@@ -10,6 +10,7 @@ and returns plain results; nothing here knows about terminals or Qt.
 | `reports.py` | cross-validation, low-shot curve, frozen vs fine-tuned, the report |
 | `finetuning.py` | a fine-tuning run, its bundle, its summary |
 | `images.py` | a CellImage from channels marked with stains |
+| `cells.py` | label images, cell tables and embeddings written to files |
 """
 
 from .finetuning import FinetuneRun, finetune_run, finetune_to_file, file_summary, run_summary
