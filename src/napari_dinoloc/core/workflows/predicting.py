@@ -133,14 +133,10 @@ def embed_settings_of(embeddings, base=None):
 def bundle_from_session(session, class_counts: dict):
     """A model bundle of the current head, with the backbone and settings of the embeddings it was trained on."""
     from ..bundle import bundle_for_head
-    from ..embedding import EmbedSettings
 
-    signature = session.embeddings.signature
-    settings = EmbedSettings(strategy=signature["strategy"], embedding=signature["embedding"],
-                             crop_size=signature["crop_size"], input_size=signature["input_size"],
-                             mask_background=bool(signature["mask_background"]))
     classes = [name for name, count in class_counts.items() for _ in range(count)]
-    return bundle_for_head(session.head, session.backbone, session.image.stains, settings, classes)
+    return bundle_for_head(session.head, session.backbone, session.image.stains, embed_settings_of(session.embeddings),
+                           classes)
 
 
 def save_session_model(session, class_counts: dict, path):
