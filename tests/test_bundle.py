@@ -212,7 +212,7 @@ def test_bundle_of_a_head_on_a_finetuned_backbone_carries_its_weights(tmp_path):
     base = load_backbone("random-tiny", device="cpu")
     state = {k: v.detach().numpy() + 0.01 for k, v in base.model.state_dict().items()}
     tuned = apply_finetuned(base, state)
-    assert tuned.finetuned_from == base.weights_hash != tuned.weights_hash
+    assert tuned.finetuned_from is base and tuned.base_weights_hash == base.weights_hash != tuned.weights_hash
     assert is_fine_tuned(tuned) and tuned.is_finetuned and not is_fine_tuned(base)
     rng = np.random.default_rng(0)
     head = train_head("knn", rng.normal(size=(6, 64)).astype(np.float32), ["a", "a", "a", "b", "b", "b"])

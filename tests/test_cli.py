@@ -10,6 +10,8 @@ import pytest
 import tifffile
 
 from napari_dinoloc.cli import main
+from napari_dinoloc.core.backbones import BACKBONES
+from napari_dinoloc.core.heads import HEADS
 from napari_dinoloc.core.table import columns, read_table
 
 TINY = ["--backbone", "random-tiny", "--crop-size", "64", "--channels", "nucleus=0,protein=1"]
@@ -208,3 +210,15 @@ def test_finetuned_bundle_predicts_the_other_image(samples, tmp_path):
     rows = read_table(out)
     assert len(rows) == sum(int(tifffile.imread(samples / f"field_00{i}_labels.tif").max()) for i in (0, 1))
     assert all(r["weights_hash"].startswith("finetuned:") for r in rows)
+
+
+def test_help_shows_the_defaults_and_registry_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {HEADS.default})" in text and f"(default: {BACKBONES.default})" in text
+    assert "{natural,replicate,protein-only}" in text
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "x.tif", "--annotations", "a.csv", "--out", "m.dinoloc", "--head", "forest"])
+    assert exit_.value.code == 2 and "invalid choice: 'forest'" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -284,15 +282,13 @@ def write_field_files(folder, field) -> None:
 
 
 def test_finetune_command_writes_a_bundle_with_the_backbone(field, tmp_path, monkeypatch, capsys):
-    from napari_dinoloc.cli import _image_options, _model_options
+    from napari_dinoloc.cli import build_parser
+    from napari_dinoloc.cli._commands import cmd_finetune
     from napari_dinoloc.core.bundle import load_bundle
-    from napari_dinoloc.finetune_command import add_parser, cmd_finetune
 
     monkeypatch.setenv("DINOLOC_CACHE_DIR", str(tmp_path / "cache"))
     write_field_files(tmp_path, field)
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"), [_image_options(), _model_options()])
-    args = parser.parse_args([
+    args = build_parser().parse_args([
         "finetune", str(tmp_path / "field_000.tif"), "--labels", str(tmp_path / "field_000_labels.tif"),
         "--annotations", str(tmp_path / "cells.csv"), "--channels", "nucleus=0,protein=1", "--backbone", "random-tiny",
         "--crop-size", "48", "--device", "cpu", "--epochs", "1", "--train-batch", "8", "--out", str(tmp_path / "tuned"),

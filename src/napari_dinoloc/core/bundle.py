@@ -342,7 +342,7 @@ def bundle_for_head(head: Head, backbone, stains: Sequence[str], settings, class
     state, extra = None, {}
     if backbone.is_finetuned:  # the bundle must carry the fine-tuned weights themselves
         state = numpy_state(backbone.model)
-        extra = {"finetune": {"base_weights_hash": backbone.finetuned_from}}
+        extra = {"finetune": {"base_weights_hash": backbone.base_weights_hash}}
     return ModelBundle(
         head=head, backbone_name=backbone.name, weights_hash=backbone.weights_hash, stains=tuple(stains),
         strategy=resolved.strategy, embedding=resolved.embedding, crop_size=resolved.crop_size,

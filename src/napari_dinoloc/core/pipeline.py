@@ -36,7 +36,7 @@ class Session:
     def set_labels(self, labels: np.ndarray) -> None:
         from .segmentation import CellTable, prepare_labels
 
-        self._require_image()
+        self.require_image()
         self.labels = prepare_labels(labels, self.image.shape)
         self.table = CellTable.from_labels(self.labels)
         self._clear_from_embeddings()
@@ -65,7 +65,7 @@ class Session:
     def segment(self, params=None, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> np.ndarray:
         from .segmentation import SegmentationParams, segment_cells
 
-        self._require_image()
+        self.require_image()
         return segment_cells(self.image, params or SegmentationParams(), progress=progress, cancel=cancel)
 
     def get_backbone(self, name: str, weights=None, device: str = "auto"):
@@ -88,7 +88,7 @@ class Session:
     ):
         from .embedding import embed_cells
 
-        self._require_cells()
+        self.require_cells()
         backbone = backbone or self.backbone
         if backbone is None:
             raise DinolocError("Choose a backbone before embedding cells.")
@@ -97,7 +97,7 @@ class Session:
 
     def annotated_training_set(self, annotations: Mapping[int, str]) -> tuple[np.ndarray, list[str]]:
         """Embedding rows and classes of the annotated cells that exist in the current cells."""
-        self._require_embeddings()
+        self.require_embeddings()
         row_of = {int(label): i for i, label in enumerate(self.embeddings.labels)}
         pairs = [(row_of[int(label)], name) for label, name in annotations.items() if name and int(label) in row_of]
         if not pairs:
@@ -119,7 +119,7 @@ class Session:
         return train_head(kind, vectors, classes, progress=progress, cancel=cancel, **params)
 
     def predict(self, head):
-        self._require_embeddings()
+        self.require_embeddings()
         if not self._head_fits(head):
             raise DinolocError(
                 f"The classifier was trained on {_head_dim(head)}-dimensional embeddings, these have "
@@ -143,21 +143,21 @@ class Session:
     def rows(self, user_labels: Optional[Mapping[int, str]] = None) -> list[dict]:
         from .table import cell_rows
 
-        self._require_cells()
+        self.require_cells()
         return cell_rows(self.image.name, self.table, self.predictions, user_labels, self.model_info())
 
     # ---- checks with messages that say what to do ------------------------------------------
-    def _require_image(self) -> None:
+    def require_image(self) -> None:
         if self.image is None:
             raise DinolocError("No image yet: open an image and say which channel is which stain.")
 
-    def _require_cells(self) -> None:
-        self._require_image()
+    def require_cells(self) -> None:
+        self.require_image()
         if self.labels is None:
             raise DinolocError("No cells yet: segment the image or choose a label image first.")
 
-    def _require_embeddings(self) -> None:
-        self._require_cells()
+    def require_embeddings(self) -> None:
+        self.require_cells()
         if self.embeddings is None:
             raise DinolocError("No embeddings yet: embed the cells first.")
 

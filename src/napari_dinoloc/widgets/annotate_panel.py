@@ -351,7 +351,7 @@ class AnnotatePanel(QWidget):
     @reports_errors("Finding the next cell")
     def next_cell(self) -> Optional[int]:
         session = self.state.session
-        session._require_cells()
+        session.require_cells()
         label = next_cell_to_annotate(session.table.label, self.store().annotations, session.predictions, self._rng)
         if label is None:
             notify_info("Every cell is annotated.")

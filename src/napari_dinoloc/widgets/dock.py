@@ -5,6 +5,7 @@ from __future__ import annotations
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
+from ..core import defaults
 from ._layers import LayerPresenter
 from ._state import state_for_viewer
 from ._workers import JobBar, JobRunner
@@ -75,4 +76,4 @@ class DinolocWidget(QWidget):
         """The classifier chosen in step 4 (logistic when that is a saved model): fine-tuning and the
         report fit the same kind of head, so their numbers describe the classifier in use."""
         kind = self.predict_panel.head.currentData()
-        return "logistic" if kind == BUNDLE else kind
+        return defaults.HEAD if kind == BUNDLE else kind

@@ -8,9 +8,9 @@ backbone, embeddings and classifier as they were.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -22,48 +22,20 @@ from qtpy.QtWidgets import (
     QVBoxLayout, QWidget,
 )
 
-from ..core.backbones import is_fine_tuned
+from ..core import defaults
 from ..core.errors import DinolocError
 from ..core.finetune import FinetuneSettings
+from ..core.workflows import finetuning as workflow
+from ..core.workflows.finetuning import (
+    LEVEL_LABELS, FinetuneRun, epochs_title, require_run, run_summary, start_title,
+)
+from ..core.workflows.training import check_classes
 from ._workers import notify_info, reports_errors
 
 DEFAULTS = FinetuneSettings()
-LEVEL_LABELS = {
-    "head": "Head only (backbone frozen)",
-    "last-blocks": "Last N blocks",
-    "full": "Whole backbone",
-}
 BUNDLE_FILES = "napari-dinoloc models (*.dinoloc);;All files (*)"
 LOSS_COLOUR, F1_COLOUR = "#e5954d", "#5ab4e5"
 EMPTY_PLOT = "Loss and validation macro-F1\nappear here, one point per epoch."
-
-
-# ---- what the panel hands the engine ---------------------------------------------------------------
-def embed_settings_of(embeddings, base):
-    """``base`` (device, batch size) with what shaped the current embeddings: fine-tuning must crop,
-    resize and pool exactly as they were made, or the fine-tuned model would see other inputs."""
-    signature = embeddings.signature
-    return replace(base, strategy=signature["strategy"], embedding=signature["embedding"],
-                   crop_size=signature["crop_size"], input_size=signature["input_size"],
-                   mask_background=bool(signature["mask_background"]),
-                   precision=signature.get("precision", base.precision))
-
-
-def check_classes(annotations: dict, class_names) -> None:
-    """The engine's own class checks (two classes, two cells each), before any crop is made."""
-    from ..core.heads import encode_classes
-
-    if not annotations:
-        raise DinolocError("No annotated cells yet: click cells of at least two classes (step 3), then fine-tune.")
-    encode_classes(list(annotations.values()), len(annotations), class_names)
-
-
-@dataclass
-class FinetuneRun:
-    """A finished run and what it started from (a bundle and "use for all cells" need the base)."""
-
-    result: Any          # core.finetune.FinetuneResult
-    base: Any            # the LoadedBackbone fine-tuning started from (never modified)
 
 
 # ---- the live plot -------------------------------------------------------------------------------------
@@ -151,7 +123,7 @@ class LivePlot(FigureCanvasQTAgg):
 # ---- the panel ------------------------------------------------------------------------------------------
 class FinetunePanel(QWidget):
     def __init__(self, state, runner, model_choice: Callable[[], dict] = dict,
-                 head_kind: Callable[[], str] = lambda: "logistic", parent=None):
+                 head_kind: Callable[[], str] = lambda: defaults.HEAD, parent=None):
         super().__init__(parent)
         self.state, self.runner = state, runner
         self._model_choice = model_choice  # the Model step's device and batch size
@@ -242,19 +214,8 @@ class FinetunePanel(QWidget):
                        lr=lr, head_lr=lr * DEFAULTS.head_lr / DEFAULTS.lr, head_kind=self._head_kind()).checked()
 
     def starting_point(self):
-        """(() -> the backbone fine-tuning starts from, embedding settings of the current embeddings).
-
-        The backbone comes as a loader to call in the worker: a fine-tuned model loaded from a file
-        does not know its base weights, so the weights chosen in step 2 are loaded instead."""
-        session = self.state.session
-        session._require_embeddings()
-        choice = self._model_choice()
-        settings = embed_settings_of(session.embeddings, choice.get("settings") or _default_embed_settings())
-        base = getattr(session.backbone, "_finetuned_from", session.backbone)
-        if not is_fine_tuned(base):
-            return (lambda: base), settings
-        name, weights, device = base.name, choice.get("weights"), choice.get("device", "auto")
-        return (lambda: session.get_backbone(name, weights, device)), settings
+        """(() -> the backbone fine-tuning starts from, embedding settings of the current embeddings)."""
+        return workflow.starting_point(self.state.session, self._model_choice().get("settings"))
 
     def inputs(self) -> tuple:
         """(base backbone loader, embedding settings, FinetuneSettings): what a run with these controls uses."""
@@ -263,8 +224,6 @@ class FinetunePanel(QWidget):
     # ---- fine-tuning -------------------------------------------------------------------------------------
     @reports_errors("Fine-tuning")
     def start(self) -> bool:
-        from ..core.finetune import finetune
-
         session, store = self.state.session, self.state.annotations
         settings = self.settings()
         load_base, embed_settings = self.starting_point()
@@ -274,17 +233,16 @@ class FinetunePanel(QWidget):
         on_epoch = self.relay.epoch_done.emit
 
         def work(progress, cancel):
-            base = load_base()
-            return finetune(cells, base, embed_settings, settings, progress, cancel, on_epoch), base
+            return workflow.finetune_run(cells, load_base, embed_settings, settings, progress, cancel, on_epoch)
 
-        started = self.runner.run("Fine-tuning", work, lambda done: self._finished(*done),
+        started = self.runner.run("Fine-tuning", work, self._finished,
                                   on_error=lambda error: self.plot.set_title("stopped: nothing was changed"))
         if started:
             self.plot.clear(start_title(settings))
         return started
 
-    def _finished(self, result, base) -> None:
-        self.last_run = FinetuneRun(result, base)
+    def _finished(self, run: FinetuneRun) -> None:
+        self.last_run, result = run, run.result
         self._show_run()
         self.plot.set_title(epochs_title(result))
         if "initial_val_f1" in result.metrics:
@@ -295,16 +253,13 @@ class FinetunePanel(QWidget):
     # ---- using and saving the result -----------------------------------------------------------------------
     @reports_errors("Using the fine-tuned model")
     def use_for_all_cells(self) -> bool:
-        from ..core.finetune import apply_finetuned
-
-        session, run = self.state.session, self._require_run()
-        session._require_cells()
-        self._check_fits(run)
-        labels, settings = session.labels, run.result.embed_settings
+        session, run = self.state.session, require_run(self.last_run)
+        session.require_cells()
+        workflow.check_fits(run, session.image.stains)
+        labels = session.labels
 
         def work(progress, cancel):
-            backbone = apply_finetuned(run.base, run.result)
-            return backbone, session.compute_embeddings(settings, backbone, progress=progress, cancel=cancel)
+            return workflow.embed_with_run(session, run, progress, cancel)
 
         return self.runner.run("Embedding with the fine-tuned backbone", work,
                                lambda done: self._use(labels, run, *done))
@@ -313,17 +268,10 @@ class FinetunePanel(QWidget):
         if self.state.session.labels is not labels:
             notify_info("The cells changed meanwhile: press Use for all cells again.")
             return
-        if backbone is not run.base:
-            backbone._finetuned_from = run.base  # fine-tuning again starts from the base weights
         self.state.use_embeddings(backbone, embeddings)
         self.state.use_head(run.result.head)
         notify_info(f"Predicting with the fine-tuned model: {len(embeddings.labels)} cells embedded again "
                     f"(weights {backbone.weights_hash[:22]}…).")
-
-    def _check_fits(self, run: FinetuneRun) -> None:
-        from ..core.bundle import check_bundle_fits
-
-        check_bundle_fits(self._bundle(run), self.state.session.image.stains)
 
     def _ask_save_path(self) -> None:
         image = self.state.session.image
@@ -335,50 +283,15 @@ class FinetunePanel(QWidget):
 
     @reports_errors("Saving the fine-tuned model")
     def save_model(self, path: str) -> bool:
-        from ..core.bundle import save_bundle
-
-        bundle = self._bundle(self._require_run())
+        run = require_run(self.last_run)
 
         def work(progress, cancel):
-            return save_bundle(bundle, path, cancel=cancel, progress=progress)
+            return workflow.save_run(run, path, progress=progress, cancel=cancel)
 
         return self.runner.run("Saving the fine-tuned model", work, _saved)
 
-    def _bundle(self, run: FinetuneRun):
-        from ..core.finetune import finetune_bundle
-
-        return finetune_bundle(run.result, run.base)
-
-    def _require_run(self) -> FinetuneRun:
-        if self.last_run is None:
-            raise DinolocError("Nothing fine-tuned yet: annotate cells of two or more classes and press Fine-tune.")
-        return self.last_run
-
 
 # ---- texts -------------------------------------------------------------------------------------------------
-def start_title(settings) -> str:
-    if settings.level == "head":
-        return "head only: fitting the classifier, no epochs"
-    return f"{LEVEL_LABELS[settings.level].lower()}: up to {settings.epochs} epochs"
-
-
-def epochs_title(result) -> str:
-    metrics, ran = result.metrics, len(result.history)
-    if not ran:
-        return "head only: the backbone was not trained"
-    ending = "stopped early" if metrics.get("stopped_early") else "done"
-    return f"{ending} after {ran} epoch{'s' * (ran != 1)}; best epoch {metrics.get('best_epoch', '?')}"
-
-
-def run_summary(result) -> str:
-    metrics = result.metrics
-    cells = f"{metrics.get('train_cells', '?')} training and {metrics.get('val_cells', '?')} validation cells"
-    if "initial_val_f1" in metrics:
-        return (f"validation macro-F1 {metrics['initial_val_f1']:.2f} (frozen) → {metrics['best_val_f1']:.2f} "
-                f"(best epoch {metrics['best_epoch']}); {cells}.")
-    return f"validation macro-F1 {metrics.get('macro_f1', 0.0):.2f} (head only); {cells}."
-
-
 def _saved(path) -> None:
     notify_info(f"Saved the fine-tuned model to {path}: choose it under step 4 ▸ Saved model to use it on other images.")
 
@@ -406,12 +319,6 @@ def _positive_rate(text: str) -> float:
     if not value > 0:
         raise DinolocError(f"The learning rate must be a positive number such as 1e-4 (got {text!r}).")
     return value
-
-
-def _default_embed_settings():
-    from ..core.embedding import EmbedSettings
-
-    return EmbedSettings()
 
 
 def _theme_colours(viewer) -> dict:

@@ -14,10 +14,10 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DinolocError
 from ..core.stains import HPA_SLOTS, NUCLEUS, OTHER, PROTEIN, RGB_SLOTS, STAINS
+from ..core.workflows.images import NOT_USED
 from ._layers import CELLS, DERIVED_LAYERS
 from ._workers import notify_info, notify_warning, reports_errors
 
-NOT_USED = "not used"
 SEPARATE_LAYERS = "Separate layers, one per stain"
 #: Words in a layer name that give away its stain (whole words, or word beginnings for the long ones).
 STAIN_HINTS = (
@@ -90,22 +90,6 @@ def channels_first(layer, axis: int) -> np.ndarray:
     if getattr(layer, "rgb", False) and data.shape[0] == 4:
         data = data[:3]  # drop the alpha channel
     return data
-
-
-def assemble(data: np.ndarray, stains: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Drop the channels marked 'not used'; a protein channel is required."""
-    keep = [i for i, stain in enumerate(stains) if stain != NOT_USED]
-    kept = [stains[i] for i in keep]
-    if PROTEIN not in kept:
-        raise DinolocError(
-            "No channel is marked as the protein: under Channels, set the stain of the channel that holds "
-            "your protein of interest to 'protein'."
-        )
-    named = [s for s in kept if s != OTHER]
-    if len(named) != len(set(named)):
-        twice = sorted({s for s in named if named.count(s) > 1})
-        raise DinolocError(f"The stain {', '.join(twice)} is set on two channels: give each stain one channel.")
-    return data[keep], kept
 
 
 # ---- the panel ---------------------------------------------------------------------------------
@@ -265,8 +249,11 @@ class ImagePanel(QWidget):
             box.setCurrentText(stain)
 
     def build_image(self):
-        """The CellImage the controls describe, plus its file and layers (main thread: it is quick)."""
-        from ..core.images import make_cell_image
+        """The CellImage the controls describe, plus its file and layers (main thread: it is quick).
+
+        The channels marked 'not used' are dropped; the rest is checked and scaled exactly as the
+        command line does with an image file (``core.workflows.images``)."""
+        from ..core.workflows.images import image_from_channels
 
         stack = self._chosen_stack()
         layers = [stack] if stack is not None else self._plane_layers()
@@ -275,15 +262,14 @@ class ImagePanel(QWidget):
                                "(File ▸ Open Sample ▸ napari-dinoloc), then say which channel is which stain.")
         stains = self.stains()
         if stack is not None:
-            data = channels_first(stack, self.axis.value())
+            data, main = channels_first(stack, self.axis.value()), stack
         else:
             used = [layer for layer, stain in zip(layers, stains) if stain != NOT_USED]
             layers = used or layers
             data = stack_layers(layers)
             stains = [stain for stain in stains if stain != NOT_USED] or stains
-        data, stains = assemble(data, stains)
-        main = layers[stains.index(PROTEIN)] if stack is None else stack
-        image = make_cell_image(data, stains, layer_image_name(main))
+            main = layers[stains.index(PROTEIN)] if PROTEIN in stains else layers[0]
+        image = image_from_channels(data, stains, layer_image_name(main))
         path = getattr(getattr(main, "source", None), "path", None)
         defaults = (main.metadata or {}).get("dinoloc_class_names", ())
         return image, (str(path) if path else None), [layer.name for layer in layers], list(defaults)

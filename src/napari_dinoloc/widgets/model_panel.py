@@ -8,6 +8,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.devices import DEVICE_CHOICES
 from ..core.errors import DinolocError
 from ._workers import notify_info, path_row, reports_errors
 
@@ -16,7 +17,6 @@ EMBEDDING_LABELS = {
     "cls+mean": "CLS + mean of patch tokens",
     "mean": "mean of patch tokens",
 }
-DEVICES = ("auto", "cpu", "cuda", "mps")
 WEIGHT_FILES = "Weights (*.pth *.pt *.ckpt *.safetensors *.bin);;All files (*)"
 
 
@@ -36,11 +36,11 @@ class ModelPanel(QWidget):
         from ..core.embedding import EMBEDDING_TYPES
         from ..core.strategies import STRATEGIES
 
-        self.backbone = _registry_combo(BACKBONES.values(), default="dino-vits16")
+        self.backbone = _registry_combo(BACKBONES.values(), default=BACKBONES.default)
         self.weights = QLineEdit()
         self.weights.setPlaceholderText("checkpoint file (.pth, .safetensors)")
         self.weights_row = path_row(self.weights, self._browse_weights, "Choose the weights file")
-        self.strategy = _registry_combo(STRATEGIES.values(), default="natural")
+        self.strategy = _registry_combo(STRATEGIES.values(), default=STRATEGIES.default)
         self.embedding = QComboBox()
         for kind in EMBEDDING_TYPES:
             self.embedding.addItem(EMBEDDING_LABELS.get(kind, kind), kind)
@@ -48,7 +48,7 @@ class ModelPanel(QWidget):
         self.input_size = _size_spin("Crops are resized to this (0: the backbone's input size); "
                                      "a multiple of the patch size.", 1024, 8)
         self.device = QComboBox()
-        self.device.addItems(DEVICES)
+        self.device.addItems(DEVICE_CHOICES)
         self.device_info = QLabel("…")
         self.device_info.setWordWrap(True)
         self.device_info.setStyleSheet("color: gray;")
@@ -171,7 +171,7 @@ class ModelPanel(QWidget):
     @reports_errors("Embedding cells")
     def embed(self) -> bool:
         session = self.state.session
-        session._require_cells()
+        session.require_cells()
         name, weights, settings = self.spec().name, self.weights_path(), self.settings()
         labels = session.labels
 

@@ -14,6 +14,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DinolocError
+from ..core.workflows.cells import export_cells, export_embeddings
+from ..core.workflows.predicting import predict_session_with_bundle, save_session_model
 from ._layers import colour_for
 from ._workers import notify_info, path_row, reports_errors
 from .annotate_panel import colour_icon
@@ -26,59 +28,6 @@ HEAD_CHOICES = (
     (BUNDLE, "Saved model (.dinoloc file)"),
 )
 BUNDLE_FILES = "napari-dinoloc models (*.dinoloc);;All files (*)"
-#: Embedding settings a saved head depends on, as named in the embeddings' signature.
-SIGNATURE_OF_BUNDLE = {
-    "backbone": "backbone_name", "weights_hash": "weights_hash", "strategy": "strategy", "embedding": "embedding",
-    "crop_size": "crop_size", "input_size": "input_size", "mask_background": "mask_background",
-}
-
-
-# ---- model bundles ------------------------------------------------------------------------------------
-def embeddings_fit_bundle(bundle, embeddings) -> bool:
-    """True when ``embeddings`` were made exactly as the bundle's training cells were."""
-    if embeddings is None or bundle.backbone_state:  # a fine-tuned backbone: always embed its way
-        return False
-    signature = embeddings.signature
-    same = all(signature.get(key) == getattr(bundle, field) for key, field in SIGNATURE_OF_BUNDLE.items())
-    return same and tuple(signature.get("stains", ())) == tuple(bundle.stains)
-
-
-def bundle_from_session(session, class_counts: dict):
-    """A model bundle of the current head, with the backbone and settings of the embeddings it was trained on."""
-    from ..core.bundle import bundle_for_head
-    from ..core.embedding import EmbedSettings
-
-    signature = session.embeddings.signature
-    settings = EmbedSettings(strategy=signature["strategy"], embedding=signature["embedding"],
-                             crop_size=signature["crop_size"], input_size=signature["input_size"],
-                             mask_background=bool(signature["mask_background"]))
-    classes = [name for name, count in class_counts.items() for _ in range(count)]
-    return bundle_for_head(session.head, session.backbone, session.image.stains, settings, classes)
-
-
-def bundle_prediction_work(session, path: str, model_choice: Callable[[], dict]):
-    """Work for the runner: load the bundle; embed the cells its way unless they already are."""
-    choice = model_choice()
-
-    def work(progress, cancel):
-        from ..core.bundle import backbone_for_bundle, check_bundle_fits, embed_settings_for, load_bundle
-
-        bundle = load_bundle(path)
-        check_bundle_fits(bundle, session.image.stains)
-        if embeddings_fit_bundle(bundle, session.embeddings):
-            return None, None, bundle
-        backbone = backbone_for_bundle(bundle, choice.get("weights"), choice.get("device", "auto"))
-        settings = embed_settings_for(bundle, choice.get("settings") or _default_settings())
-        embeddings = session.compute_embeddings(settings, backbone, progress=progress, cancel=cancel)
-        return backbone, embeddings, bundle
-
-    return work
-
-
-def _default_settings():
-    from ..core.embedding import EmbedSettings
-
-    return EmbedSettings()
 
 
 # ---- widgets ------------------------------------------------------------------------------------------------
@@ -153,22 +102,15 @@ class ExportBox(QWidget):
 
     @reports_errors("Exporting the cells")
     def export_cells_csv(self, path: str) -> Optional[Path]:
-        from ..core.table import write_table
-
         session, store = self.state.session, self.state.annotations
-        session._require_cells()
-        class_names = session.predictions.class_names if session.predictions is not None else ()
-        written = write_table(path, session.rows(store.annotations if store else {}), class_names)
+        written = export_cells(session, path, store.annotations if store else {})
         notify_info(f"Wrote {len(session.table)} cells to {written}.")
         return written
 
     @reports_errors("Exporting the embeddings")
     def export_embeddings_npz(self, path: str) -> Optional[Path]:
-        from ..core.embedding_files import save_embeddings
-
         session = self.state.session
-        session._require_embeddings()
-        written = save_embeddings(path, [(session.image.name, session.embeddings)])
+        written = export_embeddings(session, path)
         notify_info(f"Wrote the embeddings of {len(session.embeddings.labels)} cells to {written}.")
         return written
 
@@ -183,12 +125,7 @@ class ExportBox(QWidget):
 
     @reports_errors("Saving the model")
     def save_model(self, path: str) -> Optional[Path]:
-        from ..core.bundle import save_bundle
-
-        session = self.state.session
-        if session.head is None or session.predictions is None:
-            raise DinolocError("There is no trained model yet: annotate cells and press Train and predict first.")
-        written = save_bundle(bundle_from_session(session, self._head_counts()), path)
+        written = save_session_model(self.state.session, self._head_counts(), path)
         notify_info(f"Saved the model to {written}: choose it under Classifier ▸ Saved model to use it on other images.")
         return written
 
@@ -247,7 +184,7 @@ class PredictPanel(QWidget):
         if self.head.currentData() == BUNDLE:
             return self._predict_with_bundle()
         session, store, kind = self.state.session, self.state.annotations, self.head.currentData()
-        session._require_embeddings()
+        session.require_embeddings()
         annotations = dict(store.annotations)  # a copy: clicks during training do not disturb it
         class_names = store.used_class_names()
         counts = {name: list(annotations.values()).count(name) for name in class_names}
@@ -260,11 +197,15 @@ class PredictPanel(QWidget):
 
     def _predict_with_bundle(self) -> bool:
         session, path = self.state.session, self.bundle_path.text().strip()
-        session._require_cells()
+        session.require_cells()
         if not path:
             raise DinolocError("Choose the saved model file (.dinoloc) first.")
-        labels = session.labels
-        work = bundle_prediction_work(session, path, self._model_choice)
+        labels, choice = session.labels, self._model_choice()
+
+        def work(progress, cancel):
+            return predict_session_with_bundle(session, path, choice.get("weights"), choice.get("device", "auto"),
+                                               choice.get("settings"), progress=progress, cancel=cancel)
+
         return self.runner.run("Predicting with the saved model", work, lambda result: self._use_bundle(labels, *result))
 
     def _use_head(self, embeddings, head, counts: dict) -> None:

@@ -3,15 +3,13 @@
 Cross-validated macro-F1, per-class F1 and confusion matrix of the annotated cells (the classifier
 of step 4 on the current embeddings), optionally against fine-tuning inside each fold
 (``compare_frozen_vs_finetuned``), and a low-shot curve. The engine computes and draws everything
-(``core.evaluation``, matplotlib Agg, in the worker); the panel shows the PNGs and the tables.
+(``core.workflows.reports``, matplotlib Agg, in the worker); the panel shows the PNGs and the tables.
 """
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from qtpy.QtCore import QRect, QSize
 from qtpy.QtGui import QFontDatabase, QPainter, QPixmap
@@ -20,101 +18,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core import defaults
 from ..core.errors import DinolocError
+from ..core.workflows.reports import (
+    CAPTIONS, EvaluationPlan, Report, build_report, model_description, report_text, session_plan, write_report,
+)
 from ._workers import notify_info, reports_errors
-from .finetune_panel import check_classes, is_fine_tuned
-
-SEED = 0  # the folds of `dinoloc evaluate` with its default seed: the GUI and the CLI agree
-
-
-# ---- what is evaluated, and the result -------------------------------------------------------------
-@dataclass
-class EvaluationPlan:
-    vectors: Any                 # (N, D) embeddings of the annotated cells
-    classes: list                # their classes
-    class_names: list            # class order (the annotation list's)
-    kind: str                    # head kind
-    folds: int
-    embeddings_name: str         # "frozen" or "finetuned_in_use": names the evaluation and its PNG
-    fine_tune: Optional[tuple] = None  # (image_cells, base backbone loader, embed settings, FinetuneSettings)
-
-
-@dataclass
-class Report:
-    evaluations: dict            # name -> core.evaluation.Evaluation
-    curve: list                  # low_shot_curve rows
-    comparison: Any = None       # core.finetune.FinetuneComparison, when fine-tuning was compared
-    pictures: dict = field(default_factory=dict)  # caption -> PNG path
-    folder: Any = None           # TemporaryDirectory holding the PNGs (removed with the report)
-
-
-def build_report(plan: EvaluationPlan, progress=None, cancel=None) -> Report:
-    """Run the engine's evaluations and draw their pictures into a temporary folder (worker thread)."""
-    from ..core.evaluation import cross_validate, low_shot_curve
-
-    report = Report({}, [], folder=tempfile.TemporaryDirectory(prefix="dinoloc-report-"))
-    if plan.fine_tune is not None:
-        report.comparison = _compare(plan, progress, cancel)
-        report.evaluations = {"frozen": report.comparison.frozen, "finetuned": report.comparison.finetuned}
-    else:
-        report.evaluations = {plan.embeddings_name: cross_validate(
-            plan.kind, plan.vectors, plan.classes, plan.folds, SEED, progress, cancel, class_names=plan.class_names)}
-    report.curve = low_shot_curve(plan.kind, plan.vectors, plan.classes, folds=plan.folds, seed=SEED,
-                                  progress=progress, cancel=cancel, class_names=plan.class_names)
-    report.pictures = draw_pictures(report, Path(report.folder.name))
-    return report
-
-
-def _compare(plan: EvaluationPlan, progress, cancel):
-    from ..core.finetune import compare_frozen_vs_finetuned
-
-    cells, load_base, embed_settings, settings = plan.fine_tune
-    return compare_frozen_vs_finetuned(cells, load_base(), embed_settings, settings, folds=plan.folds, seed=SEED,
-                                       progress=progress, cancel=cancel)
-
-
-def draw_pictures(report: Report, folder: Path) -> dict:
-    from ..core.evaluation import plot_confusion, plot_low_shot
-
-    pictures = {f"Confusion matrix, {CAPTIONS.get(name, name)}": plot_confusion(ev, folder / f"confusion_{name}.png")
-                for name, ev in report.evaluations.items()}
-    pictures["Low-shot curve (current embeddings)"] = plot_low_shot(report.curve, folder / "low_shot.png")
-    return pictures
-
-
-CAPTIONS = {
-    "frozen": "frozen backbone + head",
-    "finetuned": "fine-tuned backbone + head",
-    "finetuned_in_use": "fine-tuned backbone in use + head",
-}
-
-
-# ---- the text -------------------------------------------------------------------------------------------
-def report_text(report: Report, plan: EvaluationPlan, model: str) -> str:
-    parts = [f"Classifier: {plan.kind}, {plan.folds}-fold cross-validation", f"Cells: {len(plan.classes)} annotated",
-             f"Embeddings: {model}"]
-    if plan.embeddings_name == "finetuned_in_use":
-        parts.append("Note: the backbone in use was fine-tuned on these same cells, so these scores are optimistic; "
-                     "tick 'Compare with fine-tuning' for an honest estimate.")
-    if report.comparison is not None:
-        parts += ["", report.comparison.format_table()]
-    for name, evaluation in report.evaluations.items():
-        parts += ["", f"== {CAPTIONS.get(name, name)} ==", evaluation.format_table()]
-    parts += ["", "== Low-shot curve (current embeddings) ==", *low_shot_lines(report.curve)]
-    return "\n".join(parts)
-
-
-def low_shot_lines(curve) -> list[str]:
-    lines = [f"{'labelled':>8} {'cells':>6} {'macro F1':>9} {'± folds':>8}"]
-    for row in curve:
-        lines.append(f"{row['fraction']:>8.0%} {row['train_cells']:>6.1f} {row['macro_f1_mean']:>9.3f} {row['macro_f1_std']:>8.3f}")
-    return lines + list(curve[0]["notes"] if curve else [])
-
-
-def model_description(session) -> str:
-    signature = session.embeddings.signature
-    weights = str(signature.get("weights_hash", ""))[:22]  # "finetuned:…" names fine-tuned weights
-    return f"{signature.get('backbone')} ({weights}), {signature.get('strategy')}, {signature.get('embedding')}"
 
 
 # ---- widgets ----------------------------------------------------------------------------------------------
@@ -158,7 +67,7 @@ class Picture(QWidget):
 
 
 class ReportPanel(QWidget):
-    def __init__(self, state, runner, head_kind: Callable[[], str] = lambda: "logistic",
+    def __init__(self, state, runner, head_kind: Callable[[], str] = lambda: defaults.HEAD,
                  finetune_inputs: Optional[Callable[[], tuple]] = None, parent=None):
         super().__init__(parent)
         self.state, self.runner = state, runner
@@ -214,17 +123,10 @@ class ReportPanel(QWidget):
 
     def plan(self) -> EvaluationPlan:
         session, store = self.state.session, self.state.annotations
-        session._require_embeddings()
-        annotations = dict(store.annotations)
-        class_names = store.used_class_names()
-        check_classes(annotations, class_names)
-        vectors, classes = session.annotated_training_set(annotations)
-        name = "finetuned_in_use" if is_fine_tuned(session.backbone) else "frozen"
-        plan = EvaluationPlan(vectors, classes, class_names, self._head_kind(), self.folds.value(), name)
-        if self.compare.isChecked():
-            load_base, embed_settings, settings = self._finetune_inputs()
-            plan.fine_tune = ([(session.image, session.labels, annotations)], load_base, embed_settings, settings)
-        return plan
+        session.require_embeddings()
+        fine_tune = self._finetune_inputs() if self.compare.isChecked() else None
+        return session_plan(session, dict(store.annotations), store.used_class_names(), self._head_kind(),
+                            self.folds.value(), fine_tune)
 
     def _use_report(self, report: Report, plan: EvaluationPlan, model: str) -> None:
         self.report = report
@@ -254,11 +156,9 @@ class ReportPanel(QWidget):
 
     @reports_errors("Saving the report")
     def save_report(self, folder) -> Optional[list]:
-        from ..core.evaluation import write_report
-
         if self.report is None:
             raise DinolocError("No report yet: press Evaluate first.")
-        written = write_report(folder, self.report.evaluations, self.report.curve)
+        written = write_report(folder, self.report)
         notify_info(f"Saved the report ({len(written)} files) to {Path(folder)}.")
         return written
 

@@ -1,7 +1,7 @@
 """A backbone with other weights: fine-tuned weights applied to a loaded backbone.
 
-A fine-tuned backbone is marked in one place, ``LoadedBackbone.finetuned_from`` (the weights hash
-fine-tuning started from). Its own ``weights_hash`` is computed from the weights, so embedding caches
+A fine-tuned backbone is marked in one place, ``LoadedBackbone.finetuned_from`` (the backbone, as
+loaded, that fine-tuning started from: fine-tuning again starts from it, bundles name its weights). Its own ``weights_hash`` is computed from the weights, so embedding caches
 and bundles never mix the two models.
 """
 
@@ -44,7 +44,7 @@ def apply_finetuned(backbone, result_or_state):
         raise DinolocError(f"The fine-tuned weights do not fit the backbone {backbone.name!r} ({first}): "
                            "load the backbone the model was fine-tuned from.") from exc
     model.eval().to(backbone.device)
-    return replace(backbone, model=model, weights_hash=state_hash(state), finetuned_from=backbone.base_weights_hash)
+    return replace(backbone, model=model, weights_hash=state_hash(state), finetuned_from=backbone.base)
 
 
 def state_hash(state: Mapping[str, object]) -> str:

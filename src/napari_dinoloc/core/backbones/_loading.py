@@ -30,9 +30,9 @@ class LoadedBackbone:
     #: reduced-precision checks already passed or failed with this model: see embedding.Embedder
     #: (init=False: dataclasses.replace, e.g. with fine-tuned weights, starts a fresh record)
     precision_checks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    #: the one mark of a fine-tuned backbone (set by ``apply_finetuned``): the weights hash fine-tuning
-    #: started from; None for weights as loaded
-    finetuned_from: str | None = None
+    #: the one mark of a fine-tuned backbone (set by ``apply_finetuned``): the backbone, with its weights
+    #: as loaded, that fine-tuning started from; None for weights as loaded
+    finetuned_from: "LoadedBackbone | None" = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -43,9 +43,14 @@ class LoadedBackbone:
         return self.finetuned_from is not None
 
     @property
+    def base(self) -> "LoadedBackbone":
+        """The backbone as loaded, before any fine-tuning (itself when not fine-tuned)."""
+        return self.finetuned_from or self
+
+    @property
     def base_weights_hash(self) -> str:
         """The weights this backbone was loaded with before any fine-tuning (its own hash if none)."""
-        return self.finetuned_from or self.weights_hash
+        return self.base.weights_hash
 
     @property
     def num_prefix_tokens(self) -> int:

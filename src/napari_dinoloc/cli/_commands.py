@@ -1,0 +1,215 @@
+"""One function per ``dinoloc`` subcommand: arguments -> engine objects -> one use-case call -> print.
+
+The tasks themselves live in ``core.workflows`` (the widgets call the same functions).
+"""
+
+from __future__ import annotations
+
+from ..core import defaults
+from ..core.errors import DinolocError
+from ._output import TextProgress, print_epoch, say
+
+
+# ---- options -> engine objects --------------------------------------------------------------------
+def run_options(args):
+    from ..core.batch import RunOptions
+    from ..core.segmentation import SegmentationParams
+
+    seg = {k: v for k, v in (("nucleus_diameter", args.nucleus_diameter), ("cell_diameter", args.cell_diameter)) if v}
+    embed = embed_settings(args) if hasattr(args, "strategy") else None  # segment has no model options
+    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=SegmentationParams(**seg), embed=embed)
+
+
+def embed_settings(args):
+    from ..core.embedding import EmbedSettings
+
+    return EmbedSettings(strategy=args.strategy, embedding=args.embedding, crop_size=args.crop_size,
+                         input_size=args.input_size, mask_background=not args.keep_background,
+                         batch_size=args.batch_size, device=args.device, precision=args.precision)
+
+
+def finetune_settings(args):
+    from ..core.augment import NO_AUGMENTATION, AugmentSettings
+    from ..core.finetune import FinetuneSettings
+
+    return FinetuneSettings(
+        level=args.level, blocks=args.blocks, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
+        layer_decay=args.layer_decay, batch_size=args.train_batch, max_batch=args.max_batch,
+        val_fraction=args.val_fraction, patience=args.patience, head_kind=getattr(args, "head", defaults.HEAD),
+        augment=NO_AUGMENTATION if args.no_augment else AugmentSettings(), seed=args.seed, device=None,
+    ).checked()
+
+
+def cache(args):
+    from ..core.cache import EmbeddingCache
+
+    return None if args.no_cache else EmbeddingCache()
+
+
+def jobs(args):
+    from ..core.batch import image_jobs
+
+    return image_jobs(args.images, args.labels)
+
+
+def load_backbone(args):
+    from ..core.backbones import load_backbone as load
+
+    return load(args.backbone, weights=args.weights, device=args.device)
+
+
+# ---- subcommands ----------------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    from ..core.sample_files import write_samples
+
+    for path in write_samples(args.outdir, count=args.count, size=args.size, seed=args.seed):
+        print(path)
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from ..core.workflows.cells import write_cells
+
+    for out, cells in write_cells(jobs(args), run_options(args), args.out_dir, progress=TextProgress()):
+        print(f"{out}: {cells} cells")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from ..core.workflows.cells import write_embeddings
+
+    cells, images = write_embeddings(jobs(args), run_options(args), load_backbone(args), args.out,
+                                     cache=cache(args), progress=TextProgress())
+    print(f"{args.out}: {cells} cells from {images} image(s)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ..core.workflows.training import model_summary, train_model
+
+    model = train_model(jobs(args), run_options(args), load_backbone(args), args.annotations, args.head, args.seed,
+                        out=args.out, cache=cache(args), progress=TextProgress())
+    if model.evaluation:
+        print(model.evaluation.format_table())
+    print(model_summary(model, args.head))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ..core.files import check_writable
+    from ..core.workflows.predicting import predict_with_model, prediction_model
+
+    check_writable(args.out)  # fail before any training or embedding
+    model = prediction_model(jobs(args), run_options(args), model_path=args.model, annotations_path=args.annotations,
+                             head_kind=args.head, load_backbone=lambda: load_backbone(args), weights=args.weights,
+                             device=args.device, cache=cache(args), progress=TextProgress())
+    result = predict_with_model(jobs(args), model, args.out, cache=cache(args), progress=TextProgress())
+    print(f"{result.path}: {result.cells} cells")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..core.workflows import reports
+
+    if args.finetune:
+        return cmd_compare(args)
+    cells = _training_set(args)
+    plan = reports.EvaluationPlan(cells.vectors, cells.classes, None, args.head, args.folds, seed=args.seed,
+                                  fractions=args.fractions)
+    report = reports.evaluate(plan, progress=TextProgress(), curve=False)
+    print(report.evaluations["frozen"].format_table())
+    if args.fractions:
+        report.curve = reports.low_shot(plan)
+        for line in reports.curve_lines(report.curve):
+            print(line)
+    _write_report(args, report)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """``dinoloc evaluate --finetune``: cross-validated frozen + head against fine-tuned + head."""
+    from ..core.workflows import reports
+    from ..core.workflows.training import annotated_images
+
+    settings, backbone = finetune_settings(args), load_backbone(args)
+    images = annotated_images(jobs(args), run_options(args), args.annotations, TextProgress())
+    plan = reports.EvaluationPlan(None, [], None, args.head, args.folds, seed=args.seed,
+                                  fine_tune=(images, lambda: backbone, embed_settings(args), settings))
+    report = reports.evaluate(plan, progress=TextProgress(), curve=False)
+    print(reports.comparison_text(report))
+    _write_report(args, report)
+    return 0
+
+
+def _training_set(args):
+    from ..core.workflows.training import embedded_sessions, training_set
+
+    sessions = embedded_sessions(jobs(args), run_options(args), load_backbone(args), cache(args), TextProgress())
+    return training_set(sessions, args.annotations)
+
+
+def _write_report(args, report) -> None:
+    from ..core.workflows.reports import write_report
+
+    if args.out_dir:
+        for path in write_report(args.out_dir, report):
+            print(path)
+
+
+def cmd_finetune(args) -> int:
+    from ..core.workflows.finetuning import file_summary, finetune_to_file
+    from ..core.workflows.training import annotated_images
+
+    settings, backbone = finetune_settings(args), load_backbone(args)
+    images = annotated_images(jobs(args), run_options(args), args.annotations, TextProgress())
+    run = finetune_to_file(images, lambda: backbone, embed_settings(args), settings, args.out,
+                           progress=TextProgress(), on_epoch=print_epoch)
+    print(run.result.validation.format_table())
+    print(file_summary(run.result, run.path))
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from ..core.backbones import BACKBONES
+    from ..core.strategies import STRATEGIES
+
+    print("Backbones:")
+    for spec in BACKBONES.values():
+        print(f"  {spec.name:<16} {spec.description}")
+    print("Channel strategies:")
+    for strategy in STRATEGIES.values():
+        print(f"  {strategy.name:<16} {strategy.description}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..core.demo import has_display, run_headless_demo
+
+    if not args.headless and has_display():
+        # launch.py is a napari front end of its own (no widget code): imported only here, on demand.
+        from ..launch import open_viewer_with_sample
+
+        open_viewer_with_sample()
+        return 0
+    for line in run_headless_demo(args.outdir, backbone=args.backbone, size=args.size, progress=TextProgress(), say=say):
+        print(line)
+    return 0
+
+
+COMMANDS = {
+    "sample": cmd_sample,
+    "segment": cmd_segment,
+    "embed": cmd_embed,
+    "train": cmd_train,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "finetune": cmd_finetune,
+    "backbones": cmd_backbones,
+    "demo": cmd_demo,
+}
+
+
+def run(args) -> int:
+    if args.command not in COMMANDS:
+        raise DinolocError(f"Unknown command {args.command!r}.")
+    return COMMANDS[args.command](args)

@@ -1,0 +1,153 @@
+"""Every option of ``dinoloc``: names, choices and defaults come from the engine's registries and settings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import __version__
+
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def image_options() -> argparse.ArgumentParser:
+    from ..core.segmentation import SegmentationParams
+
+    seg = SegmentationParams()
+    parser = argparse.ArgumentParser(add_help=False, formatter_class=FORMATTER)
+    parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id)")
+    parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, other)")
+    parser.add_argument("--channel-axis", type=int, help="axis of the channels when it cannot be detected")
+    parser.add_argument("--labels", nargs="+", type=Path, default=[], help="label images with the cells (one per image, same order); default: segment")
+    parser.add_argument("--nucleus-diameter", type=float, default=seg.nucleus_diameter, help="typical nucleus diameter in pixels")
+    parser.add_argument("--cell-diameter", type=float, default=seg.cell_diameter, help="typical cell diameter in pixels")
+    return parser
+
+
+def model_options() -> argparse.ArgumentParser:
+    from ..core.backbones import BACKBONES
+    from ..core.devices import DEVICE_CHOICES, PRECISIONS
+    from ..core.embedding import EMBEDDING_TYPES, EmbedSettings
+    from ..core.strategies import STRATEGIES
+
+    d = EmbedSettings()
+    parser = argparse.ArgumentParser(add_help=False, formatter_class=FORMATTER)
+    parser.add_argument("--backbone", default=BACKBONES.default, choices=BACKBONES.names(), metavar="NAME",
+                        help=f"backbone: {', '.join(BACKBONES.names())} (dinoloc backbones describes them)")
+    parser.add_argument("--weights", type=Path, help="local weights file (DINO checkpoint, .pth state dict or .safetensors)")
+    parser.add_argument("--strategy", default=d.strategy, choices=STRATEGIES.names(), help="how the stains enter the backbone")
+    parser.add_argument("--embedding", default=d.embedding, choices=EMBEDDING_TYPES)
+    parser.add_argument("--crop-size", type=positive_int, help="crop size in image pixels (default: the backbone's input size)")
+    parser.add_argument("--input-size", type=positive_int, help="size crops are resized to (default: the backbone's)")
+    parser.add_argument("--keep-background", action="store_true", help="keep pixels outside the cell instead of zeroing them")
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    parser.add_argument("--device", default=d.device, choices=DEVICE_CHOICES)
+    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    return parser
+
+
+def head_option(parser, help: str = "classifier trained on the embeddings") -> None:
+    from ..core.heads import HEADS
+
+    parser.add_argument("--head", default=HEADS.default, choices=HEADS.names(), help=help)
+
+
+def training_options(parser: argparse.ArgumentParser) -> None:
+    """Fine-tuning options, shared by ``finetune`` and ``evaluate --finetune``."""
+    from ..core.finetune import LEVELS, FinetuneSettings
+
+    d = FinetuneSettings()
+    group = parser.add_argument_group("fine-tuning")
+    group.add_argument("--level", choices=LEVELS, default=d.level,
+                       help="head: frozen backbone; last-blocks: the last --blocks blocks; full: all, layer-wise lr decay")
+    group.add_argument("--blocks", type=positive_int, default=d.blocks, help="blocks trained at level last-blocks")
+    group.add_argument("--epochs", type=positive_int, default=d.epochs, help="at most this many epochs (early stopping)")
+    group.add_argument("--lr", type=positive_float, default=d.lr, help="backbone learning rate")
+    group.add_argument("--head-lr", type=positive_float, default=d.head_lr, help="learning rate of the classifier trained with it")
+    group.add_argument("--layer-decay", type=positive_float, default=d.layer_decay, help="level full: lr factor per block from the top")
+    group.add_argument("--train-batch", type=positive_int, default=d.batch_size, help="cells per optimiser step")
+    group.add_argument("--max-batch", type=positive_int, default=d.max_batch,
+                       help="cells per forward pass (gradients accumulate above it; halved on out-of-memory)")
+    group.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of annotated cells for validation")
+    group.add_argument("--patience", type=positive_int, default=d.patience, help="epochs without a better validation F1 before stopping")
+    group.add_argument("--no-augment", action="store_true", help="train without the Cell-DINO augmentations")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..core.backbones import BACKBONES
+
+    parser = argparse.ArgumentParser(prog="dinoloc", description="Per-cell protein localization with self-supervised ViTs.",
+                                     formatter_class=FORMATTER)
+    parser.add_argument("--version", action="version", version=f"napari-dinoloc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of unexpected errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    images, model = image_options(), model_options()
+
+    def add(name, help, parents=()):
+        return commands.add_parser(name, parents=list(parents), help=help, formatter_class=FORMATTER)
+
+    sample = add("sample", "write synthetic fields of view with ground truth")
+    sample.add_argument("outdir", type=Path)
+    sample.add_argument("--count", type=positive_int, default=2)
+    sample.add_argument("--size", type=positive_int, default=512)
+    sample.add_argument("--seed", type=int, default=0)
+
+    segment = add("segment", "find the cells; write label images and a cell table", [images])
+    segment.add_argument("--out-dir", type=Path, required=True)
+
+    embed = add("embed", "embed every cell; write an .npz", [images, model])
+    embed.add_argument("--out", type=Path, required=True)
+
+    train = add("train", "train a head on labelled cells; save a model bundle", [images, model])
+    train.add_argument("--annotations", type=Path, required=True, help="CSV with columns image, label, class")
+    head_option(train)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, required=True, help="model bundle to write (.dinoloc)")
+
+    predict = add("predict", "predict every cell; write the per-cell CSV", [images, model])
+    predict.add_argument("--model", type=Path, help="model bundle from dinoloc train / finetune")
+    predict.add_argument("--annotations", type=Path, help="instead of --model: train --head on these labelled cells first")
+    head_option(predict, "head trained on --annotations")
+    predict.add_argument("--out", type=Path, required=True, help="CSV to write")
+
+    evaluate = add("evaluate", "cross-validated macro-F1 on labelled cells", [images, model])
+    evaluate.add_argument("--annotations", type=Path, required=True)
+    head_option(evaluate)
+    evaluate.add_argument("--folds", type=positive_int, default=5)
+    evaluate.add_argument("--fractions", type=float, nargs="*", default=None, help="also a low-shot curve at these fractions of labelled cells")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out-dir", type=Path, help="write report.json and PNG figures here")
+    evaluate.add_argument("--finetune", action="store_true", help="compare the frozen head with fine-tuning (cross-validated)")
+    training_options(evaluate)
+
+    finetune = add("finetune", "fine-tune the backbone on labelled cells; save a model bundle", [images, model])
+    finetune.add_argument("--annotations", type=Path, required=True, help="CSV with columns image, label, class")
+    head_option(finetune, "head fitted on the fine-tuned embeddings")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--out", type=Path, required=True, help="model bundle to write (.dinoloc)")
+    training_options(finetune)
+
+    add("backbones", "list the backbones and channel strategies")
+
+    demo = add("demo", "the main job: napari with the plugin and a sample, or headless without a display")
+    demo.add_argument("outdir", type=Path, nargs="?", default=Path("dinoloc-demo"))
+    demo.add_argument("--headless", action="store_true", help="run the pipeline without a window even when a display exists")
+    demo.add_argument("--backbone", default=None, choices=list(BACKBONES), metavar="NAME",
+                      help="backbone for the headless run (default: dino-vits16, or random weights when offline)")
+    demo.add_argument("--size", type=positive_int, default=768)
+    return parser

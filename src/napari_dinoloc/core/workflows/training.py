@@ -1,0 +1,112 @@
+"""The training set of annotated cells, and training a head into a model bundle.
+
+One way for the command line and the widgets: cells come from sessions (one image in memory at a
+time), classes from an annotation CSV or a panel's annotation store.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .. import defaults
+from ..errors import DinolocError
+from ..progress import CancelToken, ProgressCallback
+
+
+@dataclass
+class TrainingSet:
+    vectors: np.ndarray          # (N, D) embeddings of the annotated cells
+    classes: list                # their classes
+    last_session: Any = None     # the last image's session (its stains describe the model)
+
+
+@dataclass
+class TrainedModel:
+    head: Any                    # core.heads.Head
+    bundle: Any                  # core.bundle.ModelBundle
+    evaluation: Any = None       # core.evaluation.Evaluation, when classes allow cross-validation
+    cells: int = 0
+    path: Optional[Path] = None
+    classes: list = field(default_factory=list)
+
+
+def check_classes(annotations: Mapping[int, str], class_names) -> None:
+    """The engine's own class checks (two classes, two cells each), before any crop is made."""
+    from ..heads import encode_classes
+
+    if not annotations:
+        raise DinolocError("No annotated cells yet: click cells of at least two classes (step 3), then fine-tune.")
+    encode_classes(list(annotations.values()), len(annotations), class_names)
+
+
+def training_set(sessions: Iterable, annotations_path) -> TrainingSet:
+    """Embeddings of the annotated cells of every image (only these stay in memory)."""
+    from ..batch import classes_for_image, read_cell_classes
+
+    cell_classes = read_cell_classes(annotations_path)
+    vectors, classes, last = [], [], None
+    for session in sessions:
+        annotations = classes_for_image(cell_classes, session.image.name)
+        if annotations:
+            rows, names = session.annotated_training_set(annotations)
+            vectors.append(rows)
+            classes += names
+        last = session
+    if not vectors:
+        raise DinolocError(f"No cell of these images is annotated in {annotations_path}: check its image and label columns.")
+    return TrainingSet(np.concatenate(vectors), classes, last)
+
+
+def annotated_images(jobs: Sequence, options, annotations_path, progress: Optional[ProgressCallback] = None) -> Iterator[tuple]:
+    """(image, labels, {label: class}) for each image with annotations, one image in memory at a time."""
+    from ..batch import classes_for_image, prepare_session, read_cell_classes
+
+    cell_classes = read_cell_classes(annotations_path)
+    for job in jobs:
+        session = prepare_session(job, options, progress=progress)
+        annotations = classes_for_image(cell_classes, session.image.name)
+        if annotations:
+            yield session.image, session.labels, annotations
+
+
+def embedded_sessions(jobs: Sequence, options, backbone, cache=None, progress: Optional[ProgressCallback] = None,
+                      cancel: Optional[CancelToken] = None):
+    from ..batch import iter_embedded_sessions
+
+    return iter_embedded_sessions(jobs, options, backbone, cache=cache, progress=progress, cancel=cancel)
+
+
+def cross_validate_if_possible(kind: str, vectors, classes: Sequence[str], seed: int):
+    from ..evaluation import cross_validate
+
+    if min(Counter(classes).values()) < 2 or len(set(classes)) < 2:
+        return None  # train_head explains what is missing
+    return cross_validate(kind, vectors, classes, folds=5, seed=seed)
+
+
+def train_model(jobs: Sequence, options, backbone, annotations_path, head_kind: str = defaults.HEAD, seed: int = 0,
+                out=None, cache=None, progress: Optional[ProgressCallback] = None,
+                cancel: Optional[CancelToken] = None) -> TrainedModel:
+    """Train ``head_kind`` on the annotated cells of ``jobs``; a bundle (written to ``out`` when given)."""
+    from ..bundle import bundle_for_head, save_bundle
+    from ..files import check_writable
+    from ..heads import train_head
+
+    if out is not None:
+        check_writable(out)
+    cells = training_set(embedded_sessions(jobs, options, backbone, cache, progress, cancel), annotations_path)
+    evaluation = cross_validate_if_possible(head_kind, cells.vectors, cells.classes, seed)
+    head = train_head(head_kind, cells.vectors, cells.classes, progress=progress, seed=seed)
+    metrics = evaluation.to_dict() if evaluation else {}
+    bundle = bundle_for_head(head, backbone, cells.last_session.image.stains, options.embed, cells.classes, metrics, seed)
+    path = save_bundle(bundle, out) if out is not None else None
+    return TrainedModel(head, bundle, evaluation, len(cells.classes), path, cells.classes)
+
+
+def model_summary(model: TrainedModel, kind: str) -> str:
+    return f"{model.path}: {kind} head on {model.cells} cells, classes {', '.join(model.head.class_names)}"
