@@ -20,8 +20,10 @@ LBP_POINTS, LBP_RADIUS = 8, 1
 LBP_BINS = LBP_POINTS + 2  # 'uniform' LBP: P + 1 uniform codes and one for all the others
 TOPHAT_RADII = (1, 2, 4)
 PUNCTA_RADIUS = 2
-#: A pixel is part of a punctum when its top-hat is this many robust noise levels above the cell's median.
-PUNCTA_NOISE_LEVELS = 4.0
+#: A pixel is part of a punctum when the top-hat of the smoothed protein exceeds this many times the
+#: cell's pixel noise (robust, from the residual of the smoothing): on synthetic fields this leaves
+#: ~1 punctum per centrosome cell and ~20 per vesicle cell, and almost none on the ER network.
+PUNCTA_NOISE_LEVELS = 5.0
 
 TEXTURE_NAMES = (
     *(f"haralick_{prop}_d{d}" for d in GLCM_DISTANCES for prop in HARALICK),
@@ -37,7 +39,6 @@ def _disk(radius: int) -> np.ndarray:
 
 
 _DISKS = {r: _disk(r) for r in TOPHAT_RADII}
-assert PUNCTA_RADIUS in TOPHAT_RADII  # its top-hat is reused
 
 
 def texture_features(patch: CellPatch, protein: int) -> np.ndarray:
@@ -76,15 +77,14 @@ def lbp_histogram(intensity: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def granularity(intensity: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Share of the protein in structures narrower than each radius (white top-hat), then puncta:
-    local maxima of the small top-hat that stand out of the cell's own top-hat noise."""
+    local maxima of the top-hat of the lightly smoothed protein that stand well above the pixel noise."""
     total = max(float(intensity[mask].sum()), 1e-6)
-    tophats = {r: ndi.white_tophat(intensity, footprint=_DISKS[r]) for r in TOPHAT_RADII}
-    spectrum = [tophats[r][mask].sum() / total for r in TOPHAT_RADII]
-    tophat = tophats[PUNCTA_RADIUS]
-    inside = tophat[mask]
-    median = np.median(inside)
-    noise = 1.4826 * np.median(np.abs(inside - median))
-    spots = mask & (tophat > median + PUNCTA_NOISE_LEVELS * max(noise, 1e-4))
+    spectrum = [ndi.white_tophat(intensity, footprint=_DISKS[r])[mask].sum() / total for r in TOPHAT_RADII]
+    smooth = ndi.gaussian_filter(intensity, 1.0)
+    residual = (intensity - smooth)[mask]
+    noise = max(1.4826 * float(np.median(np.abs(residual - np.median(residual)))), 1e-4)
+    tophat = ndi.white_tophat(smooth, footprint=_DISKS[PUNCTA_RADIUS])
+    spots = mask & (tophat > PUNCTA_NOISE_LEVELS * noise)
     peaks = spots & (tophat == ndi.maximum_filter(tophat, size=3))
     area = mask.sum()
     return np.array([*spectrum, 1000.0 * peaks.sum() / area, spots.sum() / area, tophat[spots].sum() / total])
