@@ -166,3 +166,17 @@ def test_puncta_are_counted_on_vesicles_not_on_a_centrosome():
     vesicles = np.array([field.cell_class[c] == "vesicles" for c in cells])
     puncta = column(features, names, "puncta_per_1000px") * column(features, names, "area") / 1000  # per cell
     assert np.median(puncta[vesicles]) > 8 and np.median(puncta[~vesicles]) <= 3
+
+
+def test_progress_is_reported_and_cancel_stops_the_work(measured, synthetic_field):
+    from napari_dinoloc.core.errors import Cancelled
+    from napari_dinoloc.core.progress import CancelToken
+
+    image, cells, _, _ = measured
+    seen = []
+    classic_features(image.data, image.stains, synthetic_field.labels, cells, progress=lambda *a: seen.append(a))
+    assert seen[0][:2] == (0, len(cells)) and seen[-1][:2] == (len(cells), len(cells))
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        classic_features(image.data, image.stains, synthetic_field.labels, cells, cancel=token)

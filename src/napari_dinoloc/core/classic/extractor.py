@@ -10,7 +10,7 @@ from ..cache import signature as cache_signature
 from ..embedding import Embeddings
 from ..errors import DinolocError
 from ..files import hash_array
-from ..progress import report
+from ..progress import CancelToken, ProgressCallback
 from .features import classic_features
 
 #: Bump when a feature changes, so cached or saved classic vectors are not mixed with new ones.
@@ -29,15 +29,14 @@ class ClassicFeatures:
                 "protein's share inside the nucleus; Haralick texture and local binary patterns; granularity "
                 "and puncta; cell and nucleus shape.")
 
-    def embed(self, image, labels: np.ndarray, table=None, nuclei: np.ndarray | None = None, progress=None) -> Embeddings:
+    def embed(self, image, labels: np.ndarray, table=None, nuclei: np.ndarray | None = None,
+              progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Embeddings:
         """One feature vector per cell of ``table`` (the CellTable of ``labels``, computed if not given)."""
         if table is None:
             from ..segmentation import CellTable
 
             table = CellTable.from_labels(labels)
-        report(progress, 0, len(table.label), "Measuring classic features")
-        vectors, names = classic_features(image.data, image.stains, labels, table.label, nuclei)
-        report(progress, len(table.label), len(table.label), "Measuring classic features")
+        vectors, names = classic_features(image.data, image.stains, labels, table.label, nuclei, progress, cancel)
         key = cache_signature(kind="cells", image_hash=image.content_hash, labels_hash=hash_array(labels),
                               stains=image.stains, backbone=self.name, weights_hash=f"classic:v{FEATURES_VERSION}",
                               strategy="classic", embedding="classic", crop_size=None, input_size=0,

@@ -7,11 +7,14 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DinolocError
+from ..progress import CancelToken, ProgressCallback, check_cancel, report
 from ..stains import NUCLEUS, PROTEIN, validate_stains
 from .cell import cell_boxes, cut_cell
 from .intensity import PROTEIN_EXTRA_NAMES, RADIAL_NAMES, channel_stats, protein_extras, radial_distribution, stat_names
 from .shape import SHAPE_NAMES, shape_features
 from .texture import TEXTURE_NAMES, texture_features
+
+PROGRESS_EVERY = 64  # cells between progress reports and cancel checks (~0.3 s)
 
 
 def feature_names(stains: Sequence[str]) -> list[str]:
@@ -20,7 +23,8 @@ def feature_names(stains: Sequence[str]) -> list[str]:
 
 
 def classic_features(image_data: np.ndarray, stains: Sequence[str], labels: np.ndarray, cell_labels: Sequence[int],
-                     nuclei: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+                     nuclei: np.ndarray | None = None, progress: ProgressCallback | None = None,
+                     cancel: CancelToken | None = None) -> tuple[np.ndarray, list[str]]:
     """(N, F) float32 features of the listed cells, in that order, and their names.
 
     ``image_data``: (C, Y, X) in [0, 1]; ``labels``: (Y, X) cells; ``nuclei``: optional nucleus labels
@@ -38,6 +42,9 @@ def classic_features(image_data: np.ndarray, stains: Sequence[str], labels: np.n
     cell_labels = [int(c) for c in cell_labels]
     rows = np.zeros((len(cell_labels), len(names)), dtype=np.float64)
     for i, (label, box) in enumerate(zip(cell_labels, cell_boxes(labels, cell_labels))):
+        if i % PROGRESS_EVERY == 0:
+            check_cancel(cancel)
+            report(progress, i, len(cell_labels), "Measuring classic features")
         if box is None:
             raise DinolocError(f"Cell {label} is not in the label image: describe only cells that it contains.")
         patch = cut_cell(data, labels, label, box, nucleus_stain, nuclei)
@@ -45,4 +52,5 @@ def classic_features(image_data: np.ndarray, stains: Sequence[str], labels: np.n
             channel_stats(patch), protein_extras(patch, protein, nucleus_stain), radial_distribution(patch, protein),
             texture_features(patch, protein), shape_features(patch),
         ])
+    report(progress, len(cell_labels), len(cell_labels), "Measuring classic features")
     return np.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32), names
