@@ -1,0 +1,7 @@
+"""Classical per-cell features (intensity, radial distribution, texture, granularity, shape): the
+baseline that deep features must beat, and a block that can be joined to them."""
+
+from .extractor import ClassicFeatures, combine
+from .features import classic_features, feature_names
+
+__all__ = ["ClassicFeatures", "classic_features", "combine", "feature_names"]
