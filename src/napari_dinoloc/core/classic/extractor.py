@@ -6,8 +6,8 @@ from typing import Union
 
 import numpy as np
 
-from ..cache import signature as cache_signature
 from ..embedding import Embeddings
+from ..embedding import signature as cache_signature
 from ..errors import DinolocError
 from ..files import hash_array
 from ..progress import CancelToken, ProgressCallback
