@@ -13,7 +13,7 @@ from ..errors import DinolocError
 from ..stains import HPA_FILE_COLOURS, RGB_SLOTS, STAINS
 from ._hpa import hpa_colour, hpa_id, hpa_siblings
 from ._image import CellImage, RawImage, check_dtype, make_cell_image
-from ._size import check_fits_in_memory
+from ._size import MAX_SIDE, check_fits_in_memory
 
 #: More channels than this on an axis and it is taken for a spatial or Z axis, not channels.
 MAX_CHANNELS = 8
@@ -174,6 +174,9 @@ def _check_declared_size(path: Path) -> None:
         with Image.open(path) as image:
             width, height, bands = image.size[0], image.size[1], len(image.getbands())
             itemsize = 2 if image.mode.startswith("I;16") else 4 if image.mode in ("I", "F") else 1
+    except Image.DecompressionBombError as exc:  # PIL's own limit, below ours: same advice
+        raise DinolocError(f"{path.name} is too large ({str(exc).split('(')[1].split(')')[0]}): napari-dinoloc reads "
+                           f"fields of view up to {MAX_SIDE} × {MAX_SIDE} pixels. Crop it into smaller fields first.") from None
     except (UnidentifiedImageError, OSError, ValueError):
         return  # not a format PIL knows: imageio reads (or refuses) it
     check_fits_in_memory((height, width, bands), np.dtype(f"u{itemsize}"), "YXS", path)

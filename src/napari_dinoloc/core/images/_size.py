@@ -12,7 +12,8 @@ from ..devices import available_memory
 from ..errors import DinolocError
 
 #: The largest field of view (pixels per plane) napari-dinoloc reads: 16384 × 16384.
-MAX_PLANE_PIXELS = 16384 * 16384
+MAX_SIDE = 16384
+MAX_PLANE_PIXELS = MAX_SIDE * MAX_SIDE
 #: Reading keeps the file's pixels and a float32 copy; segmentation needs a few more planes.
 WORKING_COPIES = 3
 
@@ -25,7 +26,7 @@ def check_fits_in_memory(shape, dtype, axes: str | None, path: Path) -> None:
     if plane > MAX_PLANE_PIXELS:
         raise DinolocError(
             f"{path.name} is too large ({size} pixels): napari-dinoloc reads fields of view up to "
-            f"{math.isqrt(MAX_PLANE_PIXELS)} × {math.isqrt(MAX_PLANE_PIXELS)} pixels. Crop it into smaller fields first."
+            f"{MAX_SIDE} × {MAX_SIDE} pixels. Crop it into smaller fields first."
         )
     needed = math.prod(shape) * (np.dtype(dtype).itemsize + 4 * WORKING_COPIES)
     available = available_memory()
