@@ -16,13 +16,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import napari_dinoloc
 from napari_dinoloc.core.backbones import load_backbone, read_checkpoint, save_backbone_weights
 from napari_dinoloc.core.backbones._fitting import SPEC_METADATA_KEY
 from napari_dinoloc.core.batch import read_cell_classes
 from napari_dinoloc.core.bundle import load_bundle, save_bundle, write_safetensors
 from napari_dinoloc.core.errors import DinolocError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def refused(call, *words) -> str:
@@ -277,6 +276,10 @@ def test_crafted_files_never_allocate_what_they_claim(tmp_path):
     png = png_header_only(tmp_path / "huge.png", 20000, 20000)
     script = textwrap.dedent(f"""
         import resource, sys
+        try:  # a regression must fail here with MemoryError, not exhaust the machine
+            resource.setrlimit(resource.RLIMIT_AS, (16 * 1024**3, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        except (ValueError, OSError):
+            pass
         from napari_dinoloc.core.backbones import load_backbone
         from napari_dinoloc.core.bundle import load_bundle
         from napari_dinoloc.core.errors import DinolocError
@@ -293,7 +296,7 @@ def test_crafted_files_never_allocate_what_they_claim(tmp_path):
                 pass
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(napari_dinoloc.__file__).parents[1])}  # the code under test
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) < 200  # MB of peak memory beyond the baseline
