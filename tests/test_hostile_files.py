@@ -83,6 +83,13 @@ def test_bundle_with_too_many_classes_is_refused(tmp_path):
     unchanged(tmp_path, lambda: load_bundle(path), "10001", "10000")
 
 
+@pytest.mark.parametrize("key, value", [("input_size", 100_000), ("crop_size", 10**9), ("input_size", -3)])
+def test_bundle_declaring_a_huge_input_or_crop_size_is_refused(tmp_path, key, value):
+    config = {"kind": "logistic", "class_names": ["a", "b"], "params": {}, "input_dim": 4}
+    path = bundle_file(tmp_path / "m.dinoloc", config, small_logistic(), **{key: value})
+    unchanged(tmp_path, lambda: load_bundle(path), key.replace("_", " "), str(value))
+
+
 def test_tensor_larger_than_the_file_is_refused(tmp_path):
     header = {"__metadata__": {"dinoloc": "{}"},
               "head.weight": {"dtype": "F32", "shape": [100_000, 100_000], "data_offsets": [0, 40_000_000_000]}}

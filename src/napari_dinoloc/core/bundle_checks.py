@@ -21,6 +21,8 @@ CHECKSUMS_KEY = "checksums"
 MAX_HEAD_INPUTS = 100_000
 MAX_CLASSES = 10_000
 MAX_HIDDEN = 100_000
+MAX_INPUT_SIZE = 1024  # px the backbone sees
+MAX_CROP_SIZE = 16384  # px cut around a cell (the largest field of view read)
 
 
 def tensors_sha256(tensors: Mapping[str, np.ndarray]) -> str:
@@ -63,7 +65,7 @@ def _damaged(path: Path, what: str) -> DinolocError:
 
 
 def check_head_sizes(info: Mapping, shapes: Mapping[str, TensorInfo], path: Path) -> None:
-    """The head's declared inputs, classes and layer sizes within limits and present as tensors, before loading."""
+    """The head's declared inputs, classes and layer sizes, and the crop and input sizes, within limits, before loading."""
     head = info.get("head")
     if not isinstance(head, dict):
         raise DinolocError(f"The description inside {path.name} has no classifier settings; the file is damaged. Save the model again.")
@@ -76,5 +78,8 @@ def check_head_sizes(info: Mapping, shapes: Mapping[str, TensorInfo], path: Path
     hidden = params.get("hidden", [])
     for size in hidden if isinstance(hidden, list) else [hidden]:
         check_limit("a hidden layer size of", size, MAX_HIDDEN, path)
+    for key, limit in (("input_size", MAX_INPUT_SIZE), ("crop_size", MAX_CROP_SIZE)):
+        if info.get(key) is not None:
+            check_limit(f"a {key.replace('_', ' ')} of", info[key], limit, path)
     if not any(name.startswith("head.") for name in shapes):
         raise DinolocError(f"{path.name} holds no classifier weights; the file is damaged. Save the model again.")

@@ -1,4 +1,4 @@
-"""Which torch device to run on, and which reduced precision it can use."""
+"""Which torch device to run on, which reduced precision it can use, and how much memory is free."""
 
 from __future__ import annotations
 
