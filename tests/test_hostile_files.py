@@ -235,7 +235,7 @@ def test_an_image_larger_than_free_memory_is_refused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_size, "available_memory", lambda: 50_000_000)
     path = tmp_path / "big.tif"
-    tifffile.imwrite(path, shape=(3, 4000, 4000), dtype="uint16")
+    tifffile.imwrite(path, shape=(3, 4000, 4000), dtype="uint16", photometric="minisblack")
     unchanged(tmp_path, lambda: load_cell_image(path, "protein,nucleus,er"), "GB of memory", "0.1 GB are free")
 
 
