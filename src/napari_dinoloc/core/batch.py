@@ -101,30 +101,107 @@ def iter_embedded_sessions(
         yield session
 
 
-def read_cell_classes(path: str | Path) -> dict[str, dict[int, str]]:
-    """An annotation CSV (columns image, label, class) -> {image name: {label: class}}.
+EXAMPLES = 5  # problem rows named in a report; the rest are counted
 
-    Without an ``image`` column every row applies to any image (key "")."""
+
+class CellClasses(dict):
+    """{image name: {label: class}} read from an annotation CSV, with what was odd about its rows.
+
+    ``conflicts``: (image, label, classes in row order) for cells given different classes (the last
+    row's class is used); ``repeated``: rows repeating a cell with the same class (harmless).
+    """
+
+    def __init__(self, table=(), conflicts=(), repeated: int = 0, path: Path | None = None):
+        super().__init__(table)
+        self.conflicts = list(conflicts)
+        self.repeated = int(repeated)
+        self.path = path
+
+    @property
+    def notes(self) -> list[str]:
+        """Lines to show the user (empty when every cell has one class)."""
+        if not self.conflicts:
+            return []
+        examples = "; ".join(f"{_cell_name(image, label)}: {' then '.join(classes)}"
+                             for image, label, classes in self.conflicts[:EXAMPLES])
+        more = f" (and {len(self.conflicts) - EXAMPLES} more)" if len(self.conflicts) > EXAMPLES else ""
+        return [f"{len(self.conflicts)} cell(s) are given different classes in "
+                f"{self.path.name if self.path else 'the annotation file'}; the last row's class is used: {examples}{more}."]
+
+
+class ImageClasses(dict):
+    """{label: class} for one image; ``unknown`` lists the annotated labels that are not cells of the image."""
+
+    def __init__(self, table=(), unknown=(), image_name: str = ""):
+        super().__init__(table)
+        self.unknown = sorted(int(label) for label in unknown)
+        self.image_name = image_name
+
+    @property
+    def notes(self) -> list[str]:
+        if not self.unknown:
+            return []
+        shown = ", ".join(str(label) for label in self.unknown[:EXAMPLES])
+        more = f" (and {len(self.unknown) - EXAMPLES} more)" if len(self.unknown) > EXAMPLES else ""
+        return [f"{len(self.unknown)} annotated cell(s) do not exist in {self.image_name or 'the image'} and are "
+                f"ignored: labels {shown}{more}. Check that the annotations were made on these labels."]
+
+
+def _cell_name(image: str, label: int) -> str:
+    return f"{image} cell {label}" if image else f"cell {label}"
+
+
+def read_cell_classes(path: str | Path) -> CellClasses:
+    """An annotation CSV (columns image, label, class) -> {image name: {label: class}} (a CellClasses).
+
+    Without an ``image`` column every row applies to any image (key ""). Cells given two different
+    classes are listed in ``.conflicts`` (and ``.notes``) of the result."""
     path = Path(path)
     if not path.is_file():
         raise DinolocError(f"Annotation file not found: {path}.")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"label", "class"} - set(reader.fieldnames or ())
-        if missing:
-            raise DinolocError(f"The annotation file {path} lacks the column(s) {sorted(missing)}: it needs label and class (and image for several images).")
-        table: dict[str, dict[int, str]] = {}
-        for number, row in enumerate(reader, start=2):
-            name = (row.get("class") or "").strip()
-            if not name:
-                continue
-            try:
-                label = int(float(row["label"]))
-            except ValueError:
-                raise DinolocError(f"{path}, line {number}: the label {row['label']!r} is not a cell id.") from None
-            table.setdefault((row.get("image") or "").strip(), {})[label] = name
-    return table
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return _read_rows(csv.DictReader(handle), path)
+    except UnicodeDecodeError as exc:
+        raise DinolocError(
+            f"The annotation file {path} is not UTF-8 text (byte {exc.start} cannot be read). Save it as "
+            "'CSV UTF-8' (in Excel: Save As > CSV UTF-8) and try again."
+        ) from None
+    except csv.Error as exc:
+        raise DinolocError(f"The annotation file {path} is not a readable CSV table ({exc}).") from None
 
 
-def classes_for_image(cell_classes: Mapping[str, Mapping[int, str]], image_name: str) -> dict[int, str]:
-    return dict(cell_classes.get(image_name) or cell_classes.get("") or {})
+def _read_rows(reader: csv.DictReader, path: Path) -> CellClasses:
+    missing = {"label", "class"} - set(reader.fieldnames or ())
+    if missing:
+        raise DinolocError(f"The annotation file {path} lacks the column(s) {sorted(missing)}: it needs label and class (and image for several images).")
+    table: dict[str, dict[int, str]] = {}
+    seen: dict[tuple[str, int], list[str]] = {}
+    repeated = 0
+    for number, row in enumerate(reader, start=2):
+        name = (row.get("class") or "").strip()
+        if not name:
+            continue
+        try:
+            label = int(float(row["label"]))
+        except (TypeError, ValueError, OverflowError):
+            raise DinolocError(f"{path}, line {number}: the label {row['label']!r} is not a cell id.") from None
+        image = (row.get("image") or "").strip()
+        classes = seen.setdefault((image, label), [])
+        repeated += bool(classes) and name in classes
+        if name not in classes:
+            classes.append(name)
+        table.setdefault(image, {})[label] = name
+    conflicts = [(image, label, tuple(classes)) for (image, label), classes in seen.items() if len(classes) > 1]
+    return CellClasses(table, conflicts, repeated, path)
+
+
+def classes_for_image(cell_classes: Mapping[str, Mapping[int, str]], image_name: str, cell_ids=None) -> ImageClasses:
+    """The annotations of one image; with ``cell_ids`` (the image's cell labels) only those cells are kept
+    and the others are listed in ``.unknown`` (and ``.notes``) of the result."""
+    table = dict(cell_classes.get(image_name) or cell_classes.get("") or {})
+    if cell_ids is None:
+        return ImageClasses(table, (), image_name)
+    existing = {int(label) for label in cell_ids}
+    unknown = [label for label in table if int(label) not in existing]
+    return ImageClasses({k: v for k, v in table.items() if int(k) in existing}, unknown, image_name)

@@ -28,6 +28,8 @@ from .files import atomic_write, check_writable
 from .heads import Head, head_from_state
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 from .stains import OTHER, channel_order, validate_stains
+from .bundle_checks import check_head_sizes, verify_checksums, with_checksums
+from .tensor_files import PICKLE, DamagedFile, SAFETENSORS, TORCH_ZIP, file_kind, read_safetensors_header
 
 SUFFIX = ".dinoloc"
 METADATA_KEY = "dinoloc"
@@ -104,7 +106,7 @@ def save_bundle(bundle: ModelBundle, path, cancel: Optional[CancelToken] = None,
         path = path.with_name(path.name + SUFFIX)
     check_writable(path)
     tensors = _bundle_tensors(bundle)
-    metadata = {METADATA_KEY: json.dumps(_bundle_metadata(bundle))}
+    metadata = {METADATA_KEY: json.dumps(with_checksums(_bundle_metadata(bundle), tensors))}
     check_cancel(cancel)
     with atomic_write(path, "wb") as handle:
         write_safetensors(handle, tensors, metadata, progress, cancel)
@@ -208,43 +210,58 @@ def _little_endian(array) -> np.ndarray:
 # Loading
 # --------------------------------------------------------------------------------------------
 def load_bundle(path) -> ModelBundle:
-    """Read a ``.dinoloc`` file; every problem is a DinolocError that says what is wrong."""
+    """Read a ``.dinoloc`` file; every problem is a DinolocError that says what is wrong.
+
+    The header is checked before any tensor is read: every size the description declares must agree
+    with the tensors present and stay within sane limits, so a small crafted file cannot make the
+    loader allocate large amounts of memory. A checksum mismatch means the file is damaged.
+    """
     path = Path(path)
     if not path.is_file():
         raise DinolocError(f"There is no model file at {path}: check the path, or train and save a model first.")
     _refuse_other_formats(path)
-    metadata, tensors = _read_safetensors(path)
+    try:
+        metadata, shapes = read_safetensors_header(path)
+    except DamagedFile as exc:
+        raise _not_a_bundle(path, exc.reason) from None
     info = _parse_metadata(metadata, path)
+    check_head_sizes(info, shapes, path)
+    tensors = _read_safetensors(path)
+    verify_checksums(info, tensors, path)
     head = _load_head(info, tensors, path)
     backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in tensors.items() if k.startswith(BACKBONE_PREFIX)}
     return _bundle_from_info(info, head, backbone or None, path)
 
 
 def _refuse_other_formats(path: Path) -> None:
-    with open(path, "rb") as handle:
-        start = handle.read(9)
-    if start.startswith(b"PK\x03\x04") or start[:1] == b"\x80":
+    kind = file_kind(path)
+    if kind in (TORCH_ZIP, PICKLE):
         raise DinolocError(
             f"{path.name} is a PyTorch/pickle file, not a napari-dinoloc model bundle. A bundle is the .dinoloc file "
             "that napari-dinoloc writes when you save a trained model. If this is a DINO checkpoint, choose it as "
             "the backbone weights instead."
         )
+    if kind != SAFETENSORS:
+        raise _not_a_bundle(path, "no safetensors header")
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+def _not_a_bundle(path: Path, reason: str) -> DinolocError:
+    return DinolocError(
+        f"Cannot read {path.name}: it is not a complete model bundle ({reason}). The file is damaged, truncated "
+        "or of another kind; save the model again or choose the .dinoloc file napari-dinoloc wrote."
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="np") as handle:
-            metadata = handle.metadata() or {}
             tensors = {name: np.array(handle.get_tensor(name)) for name in handle.keys()}
     except Exception as exc:  # the library's errors vary by version; all mean "not a valid file"
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise DinolocError(
-            f"Cannot read {path.name}: it is not a complete model bundle ({reason}). The file is damaged, truncated "
-            "or of another kind; save the model again or choose the .dinoloc file napari-dinoloc wrote."
-        ) from exc
-    return metadata, tensors
+        raise _not_a_bundle(path, reason) from exc
+    return tensors
 
 
 def _parse_metadata(metadata: dict, path: Path) -> dict:

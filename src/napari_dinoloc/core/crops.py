@@ -6,6 +6,7 @@ with the number of cells.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
@@ -26,15 +27,33 @@ def iter_cell_crops(image, labels: np.ndarray, table, crop_size: int, mask_backg
     if labels.shape != data.shape[1:]:
         raise DinolocError(f"The label image is {labels.shape[0]}×{labels.shape[1]} but the image is "
                            f"{data.shape[1]}×{data.shape[2]}: use labels made for this image.")
-    _check_sizes(crop_size, batch_size)
+    _check_sizes(crop_size, batch_size, data.shape[0])
     return _cell_batches(data, labels, table, int(crop_size), mask_background, int(batch_size))
 
 
-def _check_sizes(crop_size, batch_size) -> None:
+def _check_sizes(crop_size, batch_size, channels: int, side=None) -> None:
+    """Refuse sizes below 1, and a batch of crops that cannot fit in memory (checked before allocating it)."""
     if crop_size is not None and int(crop_size) < 1:
         raise DinolocError(f"The crop size must be at least 1 pixel (got {crop_size}).")
     if int(batch_size) < 1:
         raise DinolocError(f"The batch size must be at least 1 (got {batch_size}).")
+    side = int(crop_size) if side is None else int(side)
+    needed = side * side * int(channels) * int(batch_size) * 4  # float32
+    limit = crop_memory_limit()
+    if needed > limit:
+        largest = math.isqrt(limit // (int(channels) * int(batch_size) * 4))
+        raise DinolocError(
+            f"A batch of {batch_size} crops of {side} × {side} pixels with {channels} channel(s) needs "
+            f"{needed / 1e9:.1f} GB, more than the {limit / 1e9:.1f} GB allowed (half the free memory). "
+            f"Use a crop size of at most {largest} px, or a smaller batch size."
+        )
+
+
+def crop_memory_limit() -> int:
+    """Bytes one batch of crops may take: half the memory free now."""
+    from .devices import available_memory
+
+    return available_memory() // 2
 
 
 def _cell_batches(data, labels, table, crop_size, mask_background, batch_size) -> Iterator[CropBatch]:
@@ -67,7 +86,8 @@ def _copy_window(data, labels, top: int, left: int, out: np.ndarray, mask_label=
 def iter_field_crops(image, tile_size: int | None, batch_size: int) -> Iterator[CropBatch]:
     """The whole image zero-padded to a square (``tile_size`` None), or non-overlapping tiles in
     row-major order, edge tiles zero-padded; ids are tile indices."""
-    _check_sizes(tile_size, batch_size)
+    side = tile_size if tile_size is not None else max(image.data.shape[1:])
+    _check_sizes(tile_size, batch_size, image.data.shape[0], side)
     return _field_batches(image.data, tile_size, int(batch_size))
 
 

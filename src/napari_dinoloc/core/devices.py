@@ -1,4 +1,4 @@
-"""Which torch device to run on, and which reduced precision it can use."""
+"""Which torch device to run on, which reduced precision it can use, and how much memory is free."""
 
 from __future__ import annotations
 
@@ -101,3 +101,13 @@ def autocast_dtype(device, precision: str = "auto"):
     if device.type == "mps":
         return torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+
+
+def available_memory() -> int:
+    """Bytes of memory free now (psutil), or 8 GB when that cannot be told."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or unsupported platform
+        return 8 * 1024**3

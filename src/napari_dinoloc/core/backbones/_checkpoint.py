@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import DinolocError
 from ..files import hash_file
+from ..tensor_files import PICKLE, SAFETENSORS, TORCH_ZIP, file_kind, read_safetensors_header
 
 _DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO's MultiCropWrapper, torch.compile
 _NESTED_KEYS = ("teacher", "state_dict", "model")  # DINO evaluates the teacher, not the student
@@ -26,14 +27,20 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DinolocError(f"The weights file {path} does not exist. Check the path given with --weights.")
-    raw = _read_safetensors(path) if _looks_like_safetensors(path) else _read_torch_file(path)
+    kind = file_kind(path)
+    if kind == SAFETENSORS or (kind is None and path.suffix == ".safetensors"):
+        read_safetensors_header(path)  # every declared size checked against the file before reading
+        raw = _read_safetensors(path)
+    elif kind in (TORCH_ZIP, PICKLE):
+        raw = _read_torch_file(path)
+    else:
+        raise _damaged(path, ValueError("neither a safetensors header nor a PyTorch zip or pickle"))
     return _backbone_state(raw, path)
 
 
-def _looks_like_safetensors(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
+def is_safetensors(path: Path) -> bool:
+    """True for a file with the safetensors structure (header length, then a JSON object)."""
+    return file_kind(path) == SAFETENSORS
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -56,14 +63,14 @@ def _read_torch_file(path: Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found:
-            raise DinolocError(
-                f"Refusing to load {path.name}: it contains a pickled Python object ({found.group(1)}) that could "
-                "run code when loaded. Use a checkpoint that holds only tensors (a state dict .pth or .safetensors); "
-                "if you trust its source, convert it to safetensors yourself."
-            ) from None
-        raise _damaged(path, exc) from exc
+        # torch's message suggests weights_only=False, which would run the file's code: never pass that on
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise DinolocError(
+            f"Refusing to load {path.name}: it holds code-bearing objects, a pickled Python object{what} that could "
+            "run code when loaded, so it will not be loaded. Use a checkpoint that holds only tensors (a state dict "
+            ".pth or .safetensors); if you trust its source, convert it to safetensors yourself."
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise _damaged(path, exc) from exc
 

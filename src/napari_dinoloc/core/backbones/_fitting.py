@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ..errors import DinolocError
 from ..stains import HPA_SLOTS, PROTEIN, RGB_SLOTS
-from ._checkpoint import _looks_like_safetensors
-from ._registry import DINO_PAPER, BackboneSpec
+from ..tensor_files import check_limit
+from ._checkpoint import is_safetensors
+from ._registry import BACKBONES, DINO_PAPER, BackboneSpec
 
 SPEC_METADATA_KEY = "dinoloc.spec"  # safetensors metadata written by save_backbone_weights()
 
@@ -93,10 +94,10 @@ def _resample_pos_embed(model, state: dict) -> dict:
 
 # --- inferring the architecture of a checkpoint ----------------------------------------------
 
-def infer_spec(state: dict, stored: dict | None = None, name: str = "checkpoint") -> BackboneSpec:
+def infer_spec(state: dict, stored: dict | None = None, name: str = "checkpoint", path: Path | None = None) -> BackboneSpec:
     """A BackboneSpec read from the state dict's shapes (or from metadata this plugin stored)."""
     if stored:
-        return _spec_from_metadata(stored, name)
+        return _spec_from_metadata(stored, name, path)
     patch = state.get("patch_embed.proj.weight")
     if patch is None or patch.ndim != 4:
         raise DinolocError("The file has no ViT patch embedding (patch_embed.proj.weight): it is not a ViT checkpoint napari-dinoloc can read.")
@@ -150,25 +151,63 @@ def _arch_kwargs_from_state(state: dict, dim: int, in_chans: int, patch_size: in
 
 
 def _safetensors_spec(path: Path) -> dict | None:
-    if not _looks_like_safetensors(path):
+    if not is_safetensors(path):
         return None
-    from safetensors import safe_open
+    from ..tensor_files import read_safetensors_header
 
-    with safe_open(str(path), framework="pt") as handle:
-        text = (handle.metadata() or {}).get(SPEC_METADATA_KEY)
+    text = read_safetensors_header(path)[0].get(SPEC_METADATA_KEY)
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
         return None
 
 
-def _spec_from_metadata(stored: dict, name: str) -> BackboneSpec:
+# Sizes a weights file may declare for its architecture; anything larger is a damaged or crafted file.
+ARCH_LIMITS = {"embed_dim": 4096, "depth": 64, "num_heads": 64, "patch_size": 64, "img_size": 1024,
+               "in_chans": 16, "reg_tokens": 64, "mlp_ratio": 16}
+
+
+def _spec_from_metadata(stored: dict, name: str, path: Path | None = None) -> BackboneSpec:
+    where = path or Path("the weights file")
+    if not isinstance(stored, dict):
+        raise DinolocError(f"The backbone description stored in {where.name} is not readable. Save the backbone again.")
     try:
-        return BackboneSpec(
-            name=name, description=stored.get("description", ""), paper=stored.get("paper", ""), source="file",
-            arch=stored.get("arch"), slots=tuple(stored["slots"]), normalization=stored["normalization"],
-            input_size=int(stored["input_size"]), patch_size=int(stored["patch_size"]),
+        spec = BackboneSpec(
+            name=name, description=str(stored.get("description", "")), paper=str(stored.get("paper", "")), source="file",
+            arch=check_arch(stored.get("arch"), where), slots=tuple(stored["slots"]), normalization=stored["normalization"],
+            input_size=check_limit("an input size of", stored["input_size"], ARCH_LIMITS["img_size"], where),
+            patch_size=check_limit("a patch size of", stored["patch_size"], ARCH_LIMITS["patch_size"], where),
             arch_kwargs=dict(stored.get("arch_kwargs", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DinolocError(f"The backbone description stored in the weights file is incomplete ({exc}). Save the backbone again.") from exc
+    for key, value in spec.arch_kwargs.items():
+        if key in ARCH_LIMITS and value is not None:
+            limit = ARCH_LIMITS[key]
+            if key == "mlp_ratio":  # a fraction: within 0..limit
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= limit:
+                    raise DinolocError(f"{where.name} declares an MLP ratio of {value!r}, outside 0 to {limit}: "
+                                       "the file is damaged or crafted. Choose another file.")
+            else:
+                check_limit(f"{key} =", value, limit, where)
+    return spec
+
+
+def check_arch(arch, path: Path) -> str | None:
+    """An architecture name read from a file: a registered one or a plain timm name; never a hub address.
+
+    timm fetches ``hf-hub:``/``timm/`` names from the internet, so a file must not choose one.
+    """
+    if arch is None:
+        return None
+    if isinstance(arch, str) and ":" not in arch and "/" not in arch:
+        registered = {BACKBONES[n].arch for n in BACKBONES.names()}
+        if arch in registered:
+            return arch
+        import timm
+
+        if arch.split(".")[0] in timm.list_models():
+            return arch
+    raise DinolocError(f"{path.name} names the architecture {arch!r}, which is not a known timm architecture "
+                       "(model hub addresses are never followed from a file). Choose another weights file, "
+                       "or the registered backbone it belongs to.")

@@ -132,10 +132,31 @@ def _model_from_hub(spec: BackboneSpec):
 def _model_from_file(spec: BackboneSpec, path: Path):
     state = read_checkpoint(path)
     if spec.arch is None and not spec.arch_kwargs:  # the generic 'checkpoint' entry
-        spec = infer_spec(state, _safetensors_spec(path), name=spec.name)
+        spec = infer_spec(state, _safetensors_spec(path), name=spec.name, path=path)
+        _check_model_size(spec, state, path)  # the architecture came from the file: it may be crafted
     model = _build_model(spec)
     load_weights_into(model, state, spec, path)
     return model, spec, weights_file_hash(path)
+
+
+def _check_model_size(spec: BackboneSpec, state: dict, path: Path) -> None:
+    """Refuse an architecture that needs far more weights than the file holds, before allocating it.
+
+    The model is first built on the 'meta' device (shapes only, no memory), so a small file whose
+    description claims a huge model fails at once instead of allocating it.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            needed = sum(t.numel() for t in _build_model(spec).state_dict().values())
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise DinolocError(f"The architecture described in {path.name} cannot be built ({str(exc)[:160]}): "
+                           "the file is damaged or crafted. Choose another weights file.") from None
+    held = sum(int(t.numel()) for t in state.values())
+    if needed > 1.1 * held + 1_000_000:  # slack: position embeddings resampled to another size
+        raise DinolocError(f"{path.name} describes a model of {needed / 1e6:.1f} million weights but holds only "
+                           f"{held / 1e6:.1f} million: the file is damaged or crafted. Choose another weights file.")
 
 
 def save_backbone_weights(backbone: LoadedBackbone, path: str | Path) -> None:

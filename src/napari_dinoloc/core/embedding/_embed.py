@@ -30,10 +30,10 @@ def embed_cells(image, labels: np.ndarray, backbone: LoadedBackbone, settings: E
         table = CellTable.from_labels(labels)
     key = embedding_signature("cells", image, hash_array(labels), backbone, settings)
     total = len(table.label)
-    cached = _from_cache(cache, key, progress, total)
+    embedder = Embedder(backbone, settings)
+    cached = _from_cache(cache, key, progress, total, np.asarray(table.label), embedder.output_dim(stains))
     if cached is not None:
         return cached
-    embedder = Embedder(backbone, settings)
     batches = iter_cell_crops(image, labels, table, settings.crop_size, settings.mask_background, settings.batch_size)
     ids, vectors = run_batches(embedder, batches, stains, total, progress, cancel, "Embedding cells")
     result = Embeddings(ids, vectors, result_signature(key, embedder, vectors))
@@ -48,10 +48,10 @@ def embed_field(image, backbone: LoadedBackbone, settings: EmbedSettings = Embed
     stains = validate_stains(image.stains, image.data.shape[0], need_protein=False)
     key = embedding_signature("field", image, None, backbone, settings, tile_size)
     total = len(field_tile_origins(image.data.shape[1:], tile_size))
-    cached = _from_cache(cache, key, progress, total)
+    embedder = Embedder(backbone, settings)
+    cached = _from_cache(cache, key, progress, total, np.zeros(1, np.int64), embedder.output_dim(stains))
     if cached is not None:
         return cached
-    embedder = Embedder(backbone, settings)
     batches = iter_field_crops(image, tile_size, settings.batch_size)
     _, tiles = run_batches(embedder, batches, stains, total, progress, cancel, "Embedding the field")
     vectors = tiles.mean(axis=0, keepdims=True)
@@ -60,10 +60,10 @@ def embed_field(image, backbone: LoadedBackbone, settings: EmbedSettings = Embed
     return result
 
 
-def _from_cache(cache, key: dict, progress, total: int):
+def _from_cache(cache, key: dict, progress, total: int, labels, width: int):
     if cache is None:
         return None
-    hit = cache.get(key)
+    hit = cache.get(key, labels=labels, width=width)
     if hit is not None:
         report(progress, total, total, "Embeddings loaded from the cache")
     return hit

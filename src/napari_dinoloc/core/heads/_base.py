@@ -249,8 +249,20 @@ class Head:
         missing = sorted(set(head._tensor_names()) - set(tensors))
         if missing:
             raise DinolocError(f"The saved {cls.kind} head lacks the tensor(s) {missing}: the model file is damaged; train and save the model again.")
+        head._check_shapes({k: tuple(np.shape(tensors[k])) for k in head._tensor_names()})
         head._load_tensors({k: np.asarray(tensors[k]) for k in head._tensor_names()})
         return head
+
+    def _check_shapes(self, shapes: Mapping[str, tuple]) -> None:
+        """Refuse tensors whose shapes disagree with the stored settings, before anything is built from them."""
+        for name, want in self._expected_shapes().items():
+            have = shapes[name]
+            if len(have) != len(want) or any(w is not None and w != h for w, h in zip(want, have)):
+                raise DinolocError(
+                    f"The saved {self.kind} head's tensor {name} has shape {have}, but its settings "
+                    f"({self.input_dim} inputs, {len(self.class_names)} classes) need "
+                    f"{tuple('any' if w is None else w for w in want)}: the model file is damaged or crafted."
+                )
 
     # -- for subclasses ------------------------------------------------------------------------
     def _check_params(self, params: dict) -> dict:
@@ -269,6 +281,10 @@ class Head:
         raise NotImplementedError
 
     def _load_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _expected_shapes(self) -> dict[str, tuple]:
+        """The shape of each saved tensor given input_dim and the classes (None: any length)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

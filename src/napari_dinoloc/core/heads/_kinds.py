@@ -53,6 +53,9 @@ class KnnHead(Head):
     def _tensors(self):
         return {"train_vectors": self._train_vectors, "train_classes": self._train_classes}
 
+    def _expected_shapes(self):
+        return {"train_vectors": (None, self.input_dim), "train_classes": (None,)}
+
     def _load_tensors(self, tensors):
         self._train_vectors = tensors["train_vectors"].astype(np.float32)
         self._train_classes = tensors["train_classes"].astype(np.int64)
@@ -131,6 +134,10 @@ class LogisticHead(Head):
 
     def _tensors(self):
         return {"scaler_mean": self._mean, "scaler_scale": self._scale, "weight": self._weight, "bias": self._bias}
+
+    def _expected_shapes(self):
+        d, k = self.input_dim, len(self.class_names)
+        return {"scaler_mean": (d,), "scaler_scale": (d,), "weight": (k, d), "bias": (k,)}
 
     def _load_tensors(self, tensors):
         self._mean, self._scale = tensors["scaler_mean"], tensors["scaler_scale"]
@@ -232,6 +239,13 @@ class MlpHead(Head):
     def _tensors(self):
         net = {f"net.{k}": v.detach().numpy().copy() for k, v in self._net.state_dict().items()}
         return {"scaler_mean": self._mean, "scaler_scale": self._scale, **net}
+
+    def _expected_shapes(self):
+        shapes, width = {"scaler_mean": (self.input_dim,), "scaler_scale": (self.input_dim,)}, self.input_dim
+        for i, out in enumerate((*self.params["hidden"], len(self.class_names))):
+            shapes[f"net.{3 * i}.weight"], shapes[f"net.{3 * i}.bias"] = (out, width), (out,)
+            width = out
+        return shapes
 
     def _load_tensors(self, tensors):
         import torch

@@ -13,6 +13,7 @@ from ..errors import DinolocError
 from ..stains import HPA_FILE_COLOURS, RGB_SLOTS, STAINS
 from ._hpa import hpa_colour, hpa_id, hpa_siblings
 from ._image import CellImage, RawImage, check_dtype, make_cell_image
+from ._size import MAX_SIDE, check_fits_in_memory
 
 #: More channels than this on an axis and it is taken for a spatial or Z axis, not channels.
 MAX_CHANNELS = 8
@@ -122,11 +123,14 @@ def read_tiff(path: Path) -> tuple[np.ndarray, str | None, str | None, list[str]
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_fits_in_memory(series.shape, series.dtype, series.axes, path)
             array = series.asarray()
             axes = series.axes
             page = series.pages[0] if series.pages else tif.pages[0]
             photometric = int(getattr(page, "photometric", 0) or 0)
             contiguous = int(getattr(page, "planarconfig", 1) or 1) == 1
+    except DinolocError:
+        raise
     except Exception as exc:  # tifffile raises many kinds of errors on broken files
         raise unreadable(path, exc) from exc
     rgb_kind = tiff_rgb_kind(array, axes, photometric, contiguous)
@@ -147,6 +151,7 @@ def tiff_rgb_kind(array: np.ndarray, axes: str, photometric: int, contiguous: bo
 def read_with_imageio(path: Path) -> tuple[np.ndarray, str | None, str | None, list[str]]:
     import imageio.v3 as iio
 
+    _check_declared_size(path)
     try:
         array = np.asarray(iio.imread(path))
     except Exception as exc:
@@ -159,6 +164,22 @@ def read_with_imageio(path: Path) -> tuple[np.ndarray, str | None, str | None, l
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         rgb_kind = "rgb" if array.shape[-1] == 3 else "rgba"
     return array, None, rgb_kind, notes
+
+
+def _check_declared_size(path: Path) -> None:
+    """Refuse an image too large for memory from its header (PNG, JPEG, ... as PIL reads them lazily)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height, bands = image.size[0], image.size[1], len(image.getbands())
+            itemsize = 2 if image.mode.startswith("I;16") else 4 if image.mode in ("I", "F") else 1
+    except Image.DecompressionBombError as exc:  # PIL's own limit, below ours: same advice
+        raise DinolocError(f"{path.name} is too large ({str(exc).split('(')[1].split(')')[0]}): napari-dinoloc reads "
+                           f"fields of view up to {MAX_SIDE} × {MAX_SIDE} pixels. Crop it into smaller fields first.") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        return  # not a format PIL knows: imageio reads (or refuses) it
+    check_fits_in_memory((height, width, bands), np.dtype(f"u{itemsize}"), "YXS", path)
 
 
 def rgb_to_raw(array: np.ndarray, rgb_kind: str, name: str, notes: list[str]) -> RawImage:
