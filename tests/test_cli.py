@@ -165,10 +165,11 @@ def test_label_image_of_wrong_shape(samples, tmp_path, capsys):
 
 
 def test_unwritable_output_path(samples, model, tmp_path, capsys):
-    out = tmp_path / "missing-folder" / "p.csv"
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "p.csv"  # a missing folder is created (issue 10, item 12); a file in the way is not
     err = run_failing(["predict", str(samples / "field_001.tif"), "--model", str(model), "--out", str(out), *TINY], capsys)
-    assert "missing-folder" in err
-    assert not out.parent.exists()
+    assert "a-file" in err
+    assert (tmp_path / "a-file").read_text() == "not a folder"
 
 
 def test_head_trained_on_a_single_class(samples, tmp_path, capsys):

@@ -230,8 +230,10 @@ def test_write_cells_and_embeddings(field, jobs, options, backbone, tmp_path):
     assert [(p.name, n) for p, n in written] == [("field_000_cells.tif", n_cells(field))]
     assert len(read_table(tmp_path / "field_000_cells.csv")) == n_cells(field)
     assert cell_files.write_embeddings(jobs, options, backbone, tmp_path / "e.npz") == (n_cells(field), 1)
-    with pytest.raises(DinolocError, match="does not exist"):
-        list(cell_files.write_cells(jobs, options, tmp_path / "missing"))
+    assert [p.name for p, _ in cell_files.write_cells(jobs, options, tmp_path / "new" / "folder")] == ["field_000_cells.tif"]
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DinolocError, match="is a file"):
+        list(cell_files.write_cells(jobs, options, tmp_path / "a-file"))
 
 
 def test_exports_of_one_session(field, backbone, tmp_path):

@@ -1,7 +1,9 @@
 """The ``dinoloc`` command: the same engine as the widgets, from a terminal.
 
-Every problem the user can fix ends with one line on stderr and exit status 2; nothing
-half-written is left behind (all outputs are written atomically).
+Exit status: 0 done; 2 a problem the user can fix (one ``dinoloc: error:`` line on stderr, checked
+before the long work where it can be, nothing half-written left behind); 3 a batch finished without
+some images (listed with their reasons at the end; ``--fail-fast`` makes the first one fatal);
+1 an engine bug; 130 cancelled or interrupted.
 
 ``_parser.py`` holds the options, ``_commands.py`` turns them into one call of
 ``core.workflows`` per subcommand, ``_output.py`` the progress bar and the error line.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from ..core.errors import Cancelled, DinolocError
-from ._output import TextProgress, say_error
+from ._output import TextProgress, say_error, warnings_as_lines
 from ._parser import build_parser
 
 __all__ = ["TextProgress", "build_parser", "main"]
@@ -22,6 +24,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ._commands import run
 
+    warnings_as_lines()
     try:
         return run(args) or 0
     except Cancelled as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..core import defaults
 from ..core.errors import DinolocError
-from ._output import TextProgress, print_epoch, say
+from ._output import TextProgress, note, print_epoch, report_skips, say
 
 
 # ---- options -> engine objects --------------------------------------------------------------------
@@ -17,7 +17,8 @@ def run_options(args):
 
     seg = {k: v for k, v in (("nucleus_diameter", args.nucleus_diameter), ("cell_diameter", args.cell_diameter)) if v}
     embed = embed_settings(args) if hasattr(args, "strategy") else None  # segment has no model options
-    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=SegmentationParams(**seg), embed=embed)
+    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=SegmentationParams(**seg),
+                      embed=embed, notify=note)
 
 
 def embed_settings(args):
@@ -52,6 +53,31 @@ def jobs(args):
     return image_jobs(args.images, args.labels)
 
 
+def skips(args):
+    """Images a batch goes on without (``--fail-fast``: none, the first problem ends the run)."""
+    from ..core.batch import Skips
+
+    return Skips(fail_fast=getattr(args, "fail_fast", True))
+
+
+def preflight(args, **checks):
+    """Everything checkable before the long work: outputs, model, annotations, images (core.workflows.preflight)."""
+    from ..core.workflows.preflight import preflight as check
+
+    return check(jobs(args), args.options, **checks)
+
+
+def given_backbone(args):
+    return args.backbone if getattr(args, "backbone_given", False) else None
+
+
+def bundle_out(path):
+    """The bundle file as it will be written (``.dinoloc`` appended when missing)."""
+    from ..core.bundle import SUFFIX
+
+    return path if path.suffix == SUFFIX else path.with_name(path.name + SUFFIX)
+
+
 def load_backbone(args):
     from ..core.backbones import load_backbone as load
 
@@ -70,25 +96,31 @@ def cmd_sample(args) -> int:
 def cmd_segment(args) -> int:
     from ..core.workflows.cells import write_cells
 
-    for out, cells in write_cells(jobs(args), run_options(args), args.out_dir, progress=TextProgress()):
+    skipped = skips(args)
+    plan = preflight(args, out_dirs=[args.out_dir], skips=skipped)
+    for out, cells in write_cells(plan.jobs, args.options, args.out_dir, progress=TextProgress(), skips=skipped):
         print(f"{out}: {cells} cells")
-    return 0
+    return report_skips(skipped)
 
 
 def cmd_embed(args) -> int:
     from ..core.workflows.cells import write_embeddings
 
-    cells, images = write_embeddings(jobs(args), run_options(args), load_backbone(args), args.out,
-                                     cache=cache(args), progress=TextProgress())
+    skipped = skips(args)
+    plan = preflight(args, outputs=[args.out], skips=skipped)
+    cells, images = write_embeddings(plan.jobs, args.options, load_backbone(args), args.out,
+                                     cache=cache(args), progress=TextProgress(), skips=skipped)
     print(f"{args.out}: {cells} cells from {images} image(s)")
-    return 0
+    return report_skips(skipped)
 
 
 def cmd_train(args) -> int:
     from ..core.workflows.training import model_summary, train_model
 
-    model = train_model(jobs(args), run_options(args), load_backbone(args), args.annotations, args.head, args.seed,
-                        out=args.out, cache=cache(args), progress=TextProgress())
+    out = bundle_out(args.out)
+    plan = preflight(args, outputs=[out], annotations=args.annotations, need_classes=True)
+    model = train_model(plan.jobs, args.options, load_backbone(args), args.annotations, args.head, args.seed,
+                        out=out, cache=cache(args), progress=TextProgress())
     if model.evaluation:
         print(model.evaluation.format_table())
     print(model_summary(model, args.head))
@@ -96,16 +128,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..core.files import check_writable
     from ..core.workflows.predicting import predict_with_model, prediction_model
 
-    check_writable(args.out)  # fail before any training or embedding
-    model = prediction_model(jobs(args), run_options(args), model_path=args.model, annotations_path=args.annotations,
+    if args.model and args.annotations:
+        raise DinolocError("Give either --model or --annotations, not both.")
+    skipped = skips(args)
+    plan = preflight(args, outputs=[args.out], model=args.model, backbone=given_backbone(args),
+                     annotations=args.annotations, need_classes=bool(args.annotations), skips=skipped)
+    model = prediction_model(plan.jobs, args.options, model_path=args.model, annotations_path=args.annotations,
                              head_kind=args.head, load_backbone=lambda: load_backbone(args), weights=args.weights,
-                             device=args.device, cache=cache(args), progress=TextProgress())
-    result = predict_with_model(jobs(args), model, args.out, cache=cache(args), progress=TextProgress())
+                             device=args.device, cache=cache(args), progress=TextProgress(),
+                             backbone=given_backbone(args), skips=skipped)
+    result = predict_with_model(plan.jobs, model, args.out, cache=cache(args), progress=TextProgress(), skips=skipped)
     print(f"{result.path}: {result.cells} cells")
-    return 0
+    return report_skips(skipped)
 
 
 def cmd_evaluate(args) -> int:
@@ -131,8 +167,10 @@ def cmd_compare(args) -> int:
     from ..core.workflows import reports
     from ..core.workflows.training import annotated_images
 
+    checked = preflight(args, out_dirs=[args.out_dir] if args.out_dir else [], annotations=args.annotations,
+                        need_classes=True)
     settings, backbone = finetune_settings(args), load_backbone(args)
-    images = annotated_images(jobs(args), run_options(args), args.annotations, TextProgress())
+    images = annotated_images(checked.jobs, args.options, args.annotations, TextProgress())
     plan = reports.EvaluationPlan(None, [], None, args.head, args.folds, seed=args.seed,
                                   fine_tune=(images, lambda: backbone, embed_settings(args), settings))
     report = reports.evaluate(plan, progress=TextProgress(), curve=False)
@@ -144,8 +182,10 @@ def cmd_compare(args) -> int:
 def _training_set(args):
     from ..core.workflows.training import embedded_sessions, training_set
 
-    sessions = embedded_sessions(jobs(args), run_options(args), load_backbone(args), cache(args), TextProgress())
-    return training_set(sessions, args.annotations)
+    plan = preflight(args, out_dirs=[args.out_dir] if args.out_dir else [], annotations=args.annotations,
+                     need_classes=True)
+    sessions = embedded_sessions(plan.jobs, args.options, load_backbone(args), cache(args), TextProgress())
+    return training_set(sessions, args.annotations, note)
 
 
 def _write_report(args, report) -> None:
@@ -160,9 +200,11 @@ def cmd_finetune(args) -> int:
     from ..core.workflows.finetuning import file_summary, finetune_to_file
     from ..core.workflows.training import annotated_images
 
+    out = bundle_out(args.out)
+    plan = preflight(args, outputs=[out], annotations=args.annotations, need_classes=True)
     settings, backbone = finetune_settings(args), load_backbone(args)
-    images = annotated_images(jobs(args), run_options(args), args.annotations, TextProgress())
-    run = finetune_to_file(images, lambda: backbone, embed_settings(args), settings, args.out,
+    images = annotated_images(plan.jobs, args.options, args.annotations, TextProgress())
+    run = finetune_to_file(images, lambda: backbone, embed_settings(args), settings, out,
                            progress=TextProgress(), on_epoch=print_epoch)
     print(run.result.validation.format_table())
     print(file_summary(run.result, run.path))
@@ -212,4 +254,6 @@ COMMANDS = {
 def run(args) -> int:
     if args.command not in COMMANDS:
         raise DinolocError(f"Unknown command {args.command!r}.")
+    if hasattr(args, "images"):
+        args.options = run_options(args)
     return COMMANDS[args.command](args)

@@ -10,6 +10,26 @@ from .. import __version__
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as the one ``dinoloc: error:`` line (exit 2) of every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"dinoloc: error: {message} (see {self.prog} --help).\n")
+
+
+class StoreGiven(argparse.Action):
+    """Store the value and remember that the user gave it (``<dest>_given``), unlike a default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+def fail_fast_option(parser) -> None:
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop at the first image that cannot be used (default: skip it, list it at the end, exit 3)")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -28,7 +48,7 @@ def image_options() -> argparse.ArgumentParser:
     from ..core.segmentation import SegmentationParams
 
     seg = SegmentationParams()
-    parser = argparse.ArgumentParser(add_help=False, formatter_class=FORMATTER)
+    parser = Parser(add_help=False, formatter_class=FORMATTER)
     parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id)")
     parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, other)")
     parser.add_argument("--channel-axis", type=int, help="axis of the channels when it cannot be detected")
@@ -45,8 +65,8 @@ def model_options() -> argparse.ArgumentParser:
     from ..core.strategies import STRATEGIES
 
     d = EmbedSettings()
-    parser = argparse.ArgumentParser(add_help=False, formatter_class=FORMATTER)
-    parser.add_argument("--backbone", default=BACKBONES.default, choices=BACKBONES.names(), metavar="NAME",
+    parser = Parser(add_help=False, formatter_class=FORMATTER)
+    parser.add_argument("--backbone", default=BACKBONES.default, choices=BACKBONES.names(), metavar="NAME", action=StoreGiven,
                         help=f"backbone: {', '.join(BACKBONES.names())} (dinoloc backbones describes them)")
     parser.add_argument("--weights", type=Path, help="local weights file (DINO checkpoint, .pth state dict or .safetensors)")
     parser.add_argument("--strategy", default=d.strategy, choices=STRATEGIES.names(), help="how the stains enter the backbone")
@@ -91,7 +111,7 @@ def training_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ..core.backbones import BACKBONES
 
-    parser = argparse.ArgumentParser(prog="dinoloc", description="Per-cell protein localization with self-supervised ViTs.",
+    parser = Parser(prog="dinoloc", description="Per-cell protein localization with self-supervised ViTs.",
                                      formatter_class=FORMATTER)
     parser.add_argument("--version", action="version", version=f"napari-dinoloc {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of unexpected errors")
@@ -108,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
 
     segment = add("segment", "find the cells; write label images and a cell table", [images])
-    segment.add_argument("--out-dir", type=Path, required=True)
+    segment.add_argument("--out-dir", type=Path, required=True, help="folder for the label images and cell tables (created)")
+    fail_fast_option(segment)
 
     embed = add("embed", "embed every cell; write an .npz", [images, model])
-    embed.add_argument("--out", type=Path, required=True)
+    embed.add_argument("--out", type=Path, required=True, help=".npz file to write (its folder is created)")
+    fail_fast_option(embed)
 
     train = add("train", "train a head on labelled cells; save a model bundle", [images, model])
     train.add_argument("--annotations", type=Path, required=True, help="CSV with columns image, label, class")
@@ -123,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", type=Path, help="model bundle from dinoloc train / finetune")
     predict.add_argument("--annotations", type=Path, help="instead of --model: train --head on these labelled cells first")
     head_option(predict, "head trained on --annotations")
-    predict.add_argument("--out", type=Path, required=True, help="CSV to write")
+    predict.add_argument("--out", type=Path, required=True, help="CSV to write (its folder is created)")
+    fail_fast_option(predict)
 
     evaluate = add("evaluate", "cross-validated macro-F1 on labelled cells", [images, model])
     evaluate.add_argument("--annotations", type=Path, required=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from .errors import DinolocError
 from .pipeline import Session
@@ -26,6 +26,88 @@ class RunOptions:
     channel_axis: Optional[int] = None
     segmentation: object = None             # SegmentationParams, or None for the defaults
     embed: object = None                    # EmbedSettings, or None for the defaults
+    notify: Optional[Callable[[str], None]] = None  # told how each image was read (Z/T projections, ...)
+
+
+def tell(options: Optional[RunOptions], lines) -> None:
+    """Pass notes on to whoever asked for them (the command line prints them)."""
+    notify = getattr(options, "notify", None)
+    if notify is not None:
+        for line in lines:
+            notify(line)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    image: str                  # the image as the user named it (file name, or HPA id)
+    reason: str                 # the DinolocError's message
+
+
+class Skips(list):
+    """Images a batch went on without (a list of ``Skipped``). ``fail_fast``: the first problem is fatal.
+
+    The batch functions take one as ``skips=``; without it every problem ends the batch, as before."""
+
+    def __init__(self, fail_fast: bool = False):
+        super().__init__()
+        self.fail_fast = fail_fast
+
+    def attempt(self, job: "ImageJob", call: Callable):
+        """``call()``; on a DinolocError (but not a cancel) note the image and return None."""
+        from .errors import Cancelled
+
+        try:
+            return call()
+        except Cancelled:
+            raise
+        except DinolocError as exc:
+            if self.fail_fast:
+                raise
+            self.add(job_name(job), str(exc))
+            return None
+
+    def add(self, image: str, reason: str) -> None:
+        if all(s.image != image for s in self):  # one image skipped once, even if two steps refuse it
+            self.append(Skipped(image, reason))
+
+    def skipped(self, job: "ImageJob") -> bool:
+        return any(s.image == job_name(job) for s in self)
+
+    def lines(self) -> list[str]:
+        return [f"{s.image}: {s.reason}" for s in self]
+
+    def nothing_left(self, total: int) -> DinolocError:
+        """The error when every image was skipped: the reasons, on one line."""
+        if total == 1 and len(self) == 1:
+            return DinolocError(self[0].reason)
+        reasons = "; ".join(self.lines()[:EXAMPLES]) + (f"; and {len(self) - EXAMPLES} more" if len(self) > EXAMPLES else "")
+        return DinolocError(f"None of the {total} images could be used: {reasons}")
+
+
+def job_name(job: "ImageJob") -> str:
+    source = job.source
+    if isinstance(source, (list, tuple)):
+        return ", ".join(Path(p).name for p in source)
+    return Path(source).name
+
+
+def guarded(jobs: Sequence["ImageJob"], skips: Optional[Skips], call: Callable) -> Iterator:
+    """``call(job)`` for each job not yet skipped; with ``skips`` a refused image is noted and passed over;
+    when every image was refused, the reasons are raised as one DinolocError."""
+    done = 0
+    for job in jobs:
+        if skips is None:
+            yield call(job)
+            done += 1
+            continue
+        if skips.skipped(job):
+            continue
+        result = skips.attempt(job, lambda: call(job))
+        if result is not None:
+            done += 1
+            yield result
+    if skips and not done:
+        raise skips.nothing_left(len(jobs))
 
 
 def image_jobs(paths: Sequence[str | Path], labels: Sequence[str | Path] = ()) -> list[ImageJob]:
@@ -58,6 +140,7 @@ def prepare_session(job: ImageJob, options: RunOptions, cache=None, progress: Op
 
     session = Session(cache=cache)
     session.set_image(load_cell_image(job.source, options.stains, channel_axis=options.channel_axis))
+    tell(options, (f"{session.image.name}: {note}" for note in session.image.notes))
     if job.labels is not None:
         session.set_labels(read_label_image(job.labels))
     else:
@@ -88,17 +171,22 @@ def iter_embedded_sessions(
     cache=None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    skips: Optional[Skips] = None,
 ) -> Iterator[Session]:
-    """Yield one session per image with cells and embeddings; earlier ones can then be dropped."""
+    """Yield one session per image with cells and embeddings; earlier ones can then be dropped.
+    With ``skips``, an image that cannot be read or used is noted there and the batch goes on."""
     from .embedding import EmbedSettings
 
     settings = options.embed or EmbedSettings()
-    for job in jobs:
+
+    def embedded(job: ImageJob) -> Session:
         check_cancel(cancel)
         session = prepare_session(job, options, cache=cache)
         session.set_backbone(backbone)
         session.set_embeddings(session.compute_embeddings(settings, progress=progress, cancel=cancel))
-        yield session
+        return session
+
+    yield from guarded(jobs, skips, embedded)
 
 
 EXAMPLES = 5  # problem rows named in a report; the rest are counted

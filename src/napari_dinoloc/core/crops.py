@@ -49,6 +49,11 @@ def _check_sizes(crop_size, batch_size, channels: int, side=None) -> None:
         )
 
 
+def check_batch_fits(crop_size: int, batch_size: int, channels: int) -> None:
+    """What ``iter_cell_crops`` checks before allocating, for a check before the long work starts."""
+    _check_sizes(crop_size, batch_size, channels)
+
+
 def crop_memory_limit() -> int:
     """Bytes one batch of crops may take: half the memory free now."""
     from .devices import available_memory

@@ -66,7 +66,7 @@ def load_demo_backbone(name: str | None, say: Callable[[str], None]):
     try:
         return load_backbone(defaults.BACKBONE)
     except DinolocError as exc:
-        say(f"{exc}\nThe demo goes on with the 'random' backbone (random weights): predictions show the pipeline, not DINO's accuracy.")
+        say(f"{exc} The demo goes on with the 'random' backbone (random weights): predictions show the pipeline, not DINO's accuracy.")
         return load_backbone("random")
 
 

@@ -11,6 +11,7 @@ and returns plain results; nothing here knows about terminals or Qt.
 | `finetuning.py` | a fine-tuning run, its bundle, its summary |
 | `images.py` | a CellImage from channels marked with stains |
 | `cells.py` | label images, cell tables and embeddings written to files |
+| `preflight.py` | checks before the long work: outputs, model, annotations, images, crop memory |
 """
 
 from .finetuning import FinetuneRun, finetune_run, finetune_to_file, file_summary, run_summary
@@ -19,6 +20,7 @@ from .predicting import (
     PredictionModel, PredictionResult, bundle_from_session, embeddings_fit_bundle, predict_session_with_bundle,
     predict_with_model, prediction_model,
 )
+from .preflight import Plan, preflight
 from .reports import (
     EvaluationPlan, Report, build_report, compare_frozen_vs_finetuned, evaluate, model_description, report_text,
     write_report,
@@ -26,9 +28,9 @@ from .reports import (
 from .training import TrainedModel, TrainingSet, annotated_images, train_model, training_set
 
 __all__ = [
-    "EvaluationPlan", "FinetuneRun", "PredictionModel", "PredictionResult", "Report", "TrainedModel", "TrainingSet",
+    "EvaluationPlan", "FinetuneRun", "Plan", "PredictionModel", "PredictionResult", "Report", "TrainedModel", "TrainingSet",
     "annotated_images", "build_report", "bundle_from_session", "compare_frozen_vs_finetuned", "embeddings_fit_bundle",
     "evaluate", "file_summary", "finetune_run", "finetune_to_file", "image_from_channels", "model_description",
-    "predict_session_with_bundle", "predict_with_model", "prediction_model", "report_text", "run_summary",
+    "predict_session_with_bundle", "predict_with_model", "prediction_model", "preflight", "report_text", "run_summary",
     "train_model", "training_set", "write_report",
 ]

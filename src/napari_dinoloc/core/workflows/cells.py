@@ -9,34 +9,53 @@ from ..errors import DinolocError
 from ..progress import CancelToken, ProgressCallback
 
 
-def write_cells(jobs: Sequence, options, out_dir, progress: Optional[ProgressCallback] = None) -> Iterator[tuple[Path, int]]:
+def write_cells(jobs: Sequence, options, out_dir, progress: Optional[ProgressCallback] = None,
+                skips=None) -> Iterator[tuple[Path, int]]:
     """Per image: the label image ``<name>_cells.tif`` and the cell table ``<name>_cells.csv``;
-    yields (label image path, number of cells) as each image is done."""
-    from ..batch import prepare_session
+    yields (label image path, number of cells) as each image is done. The folder is created.
+    With ``skips`` (a ``core.batch.Skips``) an image that cannot be used is noted and passed over."""
+    from ..batch import guarded, prepare_session
     from ..files import check_writable
     from ..sample_files import write_label_image
     from ..table import write_table
 
     out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise DinolocError(f"The output folder {out_dir} does not exist: create it first.")
-    for job in jobs:
+
+    def segmented(job) -> tuple[Path, int]:
         session = prepare_session(job, options, progress=progress)
+        make_folder(out_dir)  # only once there is something to write into it
         out = check_writable(out_dir / f"{session.image.name}_cells.tif")
+        check_writable(out_dir / f"{session.image.name}_cells.csv")
         write_label_image(out, session.labels)
         write_table(out_dir / f"{session.image.name}_cells.csv", session.rows(), ())
-        yield out, len(session.table)
+        return out, len(session.table)
+
+    yield from guarded(jobs, skips, segmented)
+
+
+def make_folder(folder) -> Path:
+    """An output folder, created with its parents; a file of that name is refused."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DinolocError(f"The output folder {folder} is a file: give a folder name.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DinolocError(f"Cannot create the output folder {folder}: {exc.strerror}. Choose another place.") from None
+    return folder
 
 
 def write_embeddings(jobs: Sequence, options, backbone, out, cache=None, progress: Optional[ProgressCallback] = None,
-                     cancel: Optional[CancelToken] = None) -> tuple[int, int]:
-    """Every cell of every image embedded into one .npz; (cells, images)."""
+                     cancel: Optional[CancelToken] = None, skips=None) -> tuple[int, int]:
+    """Every cell of every image embedded into one .npz; (cells, images). With ``skips``, images that
+    cannot be used are noted there and left out."""
     from ..embedding_files import save_embeddings
     from ..files import check_writable
     from .training import embedded_sessions
 
     check_writable(out)
-    parts = [(s.image.name, s.embeddings) for s in embedded_sessions(jobs, options, backbone, cache, progress, cancel)]
+    sessions = embedded_sessions(jobs, options, backbone, cache, progress, cancel, skips=skips)
+    parts = [(s.image.name, s.embeddings) for s in sessions]
     save_embeddings(out, parts)
     return sum(len(e.labels) for _, e in parts), len(parts)
 

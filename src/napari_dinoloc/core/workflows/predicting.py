@@ -38,42 +38,55 @@ def bundle_setup(bundle, base_settings, weights=None, device: str = "auto"):
     return backbone_for_bundle(bundle, weights, device), embed_settings_for(bundle, base_settings)
 
 
-def model_from_bundle(path, options, weights=None, device: str = "auto") -> PredictionModel:
+def model_from_bundle(path, options, weights=None, device: str = "auto", backbone: Optional[str] = None) -> PredictionModel:
+    """The bundle's head and backbone; ``backbone``, when the user named one too, must be the bundle's."""
     from dataclasses import replace
 
     from ..bundle import load_bundle
     from ..embedding import EmbedSettings
 
     bundle = load_bundle(path)
+    check_backbone_agrees(bundle, backbone, path)
     backbone, settings = bundle_setup(bundle, options.embed or EmbedSettings(), weights, device)
     return PredictionModel(bundle.head, backbone, replace(options, embed=settings), bundle)
 
 
+def check_backbone_agrees(bundle, backbone: Optional[str], path) -> None:
+    if backbone is not None and backbone != bundle.backbone_name:
+        raise DinolocError(
+            f"The model {Path(path).name} was trained on the backbone {bundle.backbone_name!r}, not {backbone!r}: "
+            "leave out --backbone (the model brings its own) or give the model trained with that backbone.")
+
+
 def model_trained_now(jobs: Sequence, options, backbone, annotations_path, head_kind: str = defaults.HEAD, cache=None,
-                      progress: Optional[ProgressCallback] = None) -> PredictionModel:
+                      progress: Optional[ProgressCallback] = None, skips=None) -> PredictionModel:
     from ..heads import train_head
     from .training import embedded_sessions, training_set
 
-    cells = training_set(embedded_sessions(jobs, options, backbone, cache, progress), annotations_path)
+    sessions = embedded_sessions(jobs, options, backbone, cache, progress, skips=skips)
+    cells = training_set(sessions, annotations_path, getattr(options, "notify", None))
     return PredictionModel(train_head(head_kind, cells.vectors, cells.classes), backbone, options)
 
 
 def prediction_model(jobs: Sequence, options, *, model_path=None, annotations_path=None, head_kind: str = defaults.HEAD,
                      load_backbone=None, weights=None, device: str = "auto", cache=None,
-                     progress: Optional[ProgressCallback] = None) -> PredictionModel:
+                     progress: Optional[ProgressCallback] = None, backbone: Optional[str] = None,
+                     skips=None) -> PredictionModel:
     """A saved bundle, or a head trained now on ``annotations_path`` (``load_backbone()`` gives its backbone)."""
     if model_path and annotations_path:
         raise DinolocError("Give either --model or --annotations, not both.")
     if model_path:
-        return model_from_bundle(model_path, options, weights, device)
+        return model_from_bundle(model_path, options, weights, device, backbone)
     if annotations_path:
-        return model_trained_now(jobs, options, load_backbone(), annotations_path, head_kind, cache, progress)
+        return model_trained_now(jobs, options, load_backbone(), annotations_path, head_kind, cache, progress, skips)
     raise DinolocError("Nothing to predict with: give --model (a bundle from dinoloc train) or --annotations with labelled cells.")
 
 
 def predict_with_model(jobs: Sequence, model: PredictionModel, out, cache=None,
-                       progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> PredictionResult:
-    """Predict every cell of every image; one CSV row per cell, one image in memory at a time."""
+                       progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                       skips=None) -> PredictionResult:
+    """Predict every cell of every image; one CSV row per cell, one image in memory at a time.
+    With ``skips`` (a ``core.batch.Skips``) an image that cannot be used is noted and left out."""
     from ..bundle import check_bundle_fits
     from ..files import check_writable
     from ..table import CsvTableWriter
@@ -82,7 +95,7 @@ def predict_with_model(jobs: Sequence, model: PredictionModel, out, cache=None,
     check_writable(out)
     count = 0
     with CsvTableWriter(out, model.head.class_names) as writer:
-        for session in embedded_sessions(jobs, model.options, model.backbone, cache, progress, cancel):
+        for session in embedded_sessions(jobs, model.options, model.backbone, cache, progress, cancel, skips=skips):
             if model.bundle is not None:
                 check_bundle_fits(model.bundle, session.image.stains)
             session.set_head(model.head)

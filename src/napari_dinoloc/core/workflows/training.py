@@ -44,14 +44,17 @@ def check_classes(annotations: Mapping[int, str], class_names) -> None:
     encode_classes(list(annotations.values()), len(annotations), class_names)
 
 
-def training_set(sessions: Iterable, annotations_path) -> TrainingSet:
-    """Embeddings of the annotated cells of every image (only these stay in memory)."""
+def training_set(sessions: Iterable, annotations_path, notify=None) -> TrainingSet:
+    """Embeddings of the annotated cells of every image (only these stay in memory). ``notify(line)``
+    hears of odd annotation rows (conflicting classes, labels that are not cells of the image)."""
     from ..batch import classes_for_image, read_cell_classes
 
     cell_classes = read_cell_classes(annotations_path)
+    _tell(notify, cell_classes.notes)
     vectors, classes, last = [], [], None
     for session in sessions:
-        annotations = classes_for_image(cell_classes, session.image.name)
+        annotations = classes_for_image(cell_classes, session.image.name, cell_ids=session.table.label)
+        _tell(notify, annotations.notes)
         if annotations:
             rows, names = session.annotated_training_set(annotations)
             vectors.append(rows)
@@ -67,18 +70,25 @@ def annotated_images(jobs: Sequence, options, annotations_path, progress: Option
     from ..batch import classes_for_image, prepare_session, read_cell_classes
 
     cell_classes = read_cell_classes(annotations_path)
+    _tell(getattr(options, "notify", None), cell_classes.notes)
     for job in jobs:
         session = prepare_session(job, options, progress=progress)
-        annotations = classes_for_image(cell_classes, session.image.name)
+        annotations = classes_for_image(cell_classes, session.image.name, cell_ids=session.table.label)
+        _tell(getattr(options, "notify", None), annotations.notes)
         if annotations:
             yield session.image, session.labels, annotations
 
 
 def embedded_sessions(jobs: Sequence, options, backbone, cache=None, progress: Optional[ProgressCallback] = None,
-                      cancel: Optional[CancelToken] = None):
+                      cancel: Optional[CancelToken] = None, skips=None):
     from ..batch import iter_embedded_sessions
 
-    return iter_embedded_sessions(jobs, options, backbone, cache=cache, progress=progress, cancel=cancel)
+    return iter_embedded_sessions(jobs, options, backbone, cache=cache, progress=progress, cancel=cancel, skips=skips)
+
+
+def _tell(notify, lines) -> None:
+    for line in lines if notify is not None else ():
+        notify(line)
 
 
 def cross_validate_if_possible(kind: str, vectors, classes: Sequence[str], seed: int):
@@ -99,7 +109,8 @@ def train_model(jobs: Sequence, options, backbone, annotations_path, head_kind: 
 
     if out is not None:
         check_writable(out)
-    cells = training_set(embedded_sessions(jobs, options, backbone, cache, progress, cancel), annotations_path)
+    cells = training_set(embedded_sessions(jobs, options, backbone, cache, progress, cancel), annotations_path,
+                         getattr(options, "notify", None))
     evaluation = cross_validate_if_possible(head_kind, cells.vectors, cells.classes, seed)
     head = train_head(head_kind, cells.vectors, cells.classes, progress=progress, seed=seed)
     metrics = evaluation.to_dict() if evaluation else {}
