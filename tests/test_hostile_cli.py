@@ -2,7 +2,8 @@
 
 Each must end with exit status 2 and one ``dinoloc: error:`` line on stderr: no traceback, no partial
 output, and the child's peak memory under 2 GB. The cases run a few at a time (a thread pool of
-subprocesses); ``HOSTILE_COUNTS`` (``python tests/test_hostile_cli.py``) prints the counts docs/cli.md shows.
+subprocesses); ``python tests/test_hostile_cli.py`` prints the counts docs/cli.md shows. A damaged
+embedding cache is the one hostile input that is not an error: the entry is recomputed, with one warning line.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from napari_dinoloc.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hostile_files import _Eval, _System, bundle_file, png_header_only, small_logistic, tiny_weights_with_spec  # noqa: E402
+
+pytestmark = pytest.mark.slow  # about 60-90 s: some 55 fresh processes, three at a time
 
 SRC = str(Path(napari_dinoloc.__file__).parents[1])  # the code under test
 MEMORY_LIMIT_KB = 2 * 1024 * 1024
@@ -288,8 +291,8 @@ def test_damaged_cache_entry_is_one_warning_line_and_recomputed(results, tmp_pat
     assert len(warnings) == 1 and warnings[0].startswith("dinoloc: warning: A damaged embedding cache entry"), again["err"]
     assert "Warning:" not in again["err"] and "warnings.warn" not in again["err"]
     got = np.load(tmp_path / "run" / "e.npz", allow_pickle=False)
-    for key in expected.files:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5)
+    np.testing.assert_array_equal(got["label"], expected["label"])
+    np.testing.assert_allclose(got["vectors"], expected["vectors"], rtol=1e-5)  # recomputed, not the damaged entry
 
 
 def counts(results) -> dict:
