@@ -53,6 +53,13 @@ def jobs(args):
     return image_jobs(args.images, args.labels)
 
 
+def options(args):
+    """The run options of this command line (made once: the notes callback and settings are shared)."""
+    if getattr(args, "run_options", None) is None:
+        args.run_options = run_options(args)
+    return args.run_options
+
+
 def skips(args):
     """Images a batch goes on without (``--fail-fast``: none, the first problem ends the run)."""
     from ..core.batch import Skips
@@ -64,7 +71,7 @@ def preflight(args, **checks):
     """Everything checkable before the long work: outputs, model, annotations, images (core.workflows.preflight)."""
     from ..core.workflows.preflight import preflight as check
 
-    return check(jobs(args), args.options, **checks)
+    return check(jobs(args), options(args), **checks)
 
 
 def given_backbone(args):
@@ -98,7 +105,7 @@ def cmd_segment(args) -> int:
 
     skipped = skips(args)
     plan = preflight(args, out_dirs=[args.out_dir], skips=skipped)
-    for out, cells in write_cells(plan.jobs, args.options, args.out_dir, progress=TextProgress(), skips=skipped):
+    for out, cells in write_cells(plan.jobs, options(args), args.out_dir, progress=TextProgress(), skips=skipped):
         print(f"{out}: {cells} cells")
     return report_skips(skipped)
 
@@ -108,7 +115,7 @@ def cmd_embed(args) -> int:
 
     skipped = skips(args)
     plan = preflight(args, outputs=[args.out], skips=skipped)
-    cells, images = write_embeddings(plan.jobs, args.options, load_backbone(args), args.out,
+    cells, images = write_embeddings(plan.jobs, options(args), load_backbone(args), args.out,
                                      cache=cache(args), progress=TextProgress(), skips=skipped)
     print(f"{args.out}: {cells} cells from {images} image(s)")
     return report_skips(skipped)
@@ -119,7 +126,7 @@ def cmd_train(args) -> int:
 
     out = bundle_out(args.out)
     plan = preflight(args, outputs=[out], annotations=args.annotations, need_classes=True)
-    model = train_model(plan.jobs, args.options, load_backbone(args), args.annotations, args.head, args.seed,
+    model = train_model(plan.jobs, options(args), load_backbone(args), args.annotations, args.head, args.seed,
                         out=out, cache=cache(args), progress=TextProgress())
     if model.evaluation:
         print(model.evaluation.format_table())
@@ -135,7 +142,7 @@ def cmd_predict(args) -> int:
     skipped = skips(args)
     plan = preflight(args, outputs=[args.out], model=args.model, backbone=given_backbone(args),
                      annotations=args.annotations, need_classes=bool(args.annotations), skips=skipped)
-    model = prediction_model(plan.jobs, args.options, model_path=args.model, annotations_path=args.annotations,
+    model = prediction_model(plan.jobs, options(args), model_path=args.model, annotations_path=args.annotations,
                              head_kind=args.head, load_backbone=lambda: load_backbone(args), weights=args.weights,
                              device=args.device, cache=cache(args), progress=TextProgress(),
                              backbone=given_backbone(args), skips=skipped)
@@ -170,7 +177,7 @@ def cmd_compare(args) -> int:
     checked = preflight(args, out_dirs=[args.out_dir] if args.out_dir else [], annotations=args.annotations,
                         need_classes=True)
     settings, backbone = finetune_settings(args), load_backbone(args)
-    images = annotated_images(checked.jobs, args.options, args.annotations, TextProgress())
+    images = annotated_images(checked.jobs, options(args), args.annotations, TextProgress())
     plan = reports.EvaluationPlan(None, [], None, args.head, args.folds, seed=args.seed,
                                   fine_tune=(images, lambda: backbone, embed_settings(args), settings))
     report = reports.evaluate(plan, progress=TextProgress(), curve=False)
@@ -184,7 +191,7 @@ def _training_set(args):
 
     plan = preflight(args, out_dirs=[args.out_dir] if args.out_dir else [], annotations=args.annotations,
                      need_classes=True)
-    sessions = embedded_sessions(plan.jobs, args.options, load_backbone(args), cache(args), TextProgress())
+    sessions = embedded_sessions(plan.jobs, options(args), load_backbone(args), cache(args), TextProgress())
     return training_set(sessions, args.annotations, note)
 
 
@@ -203,7 +210,7 @@ def cmd_finetune(args) -> int:
     out = bundle_out(args.out)
     plan = preflight(args, outputs=[out], annotations=args.annotations, need_classes=True)
     settings, backbone = finetune_settings(args), load_backbone(args)
-    images = annotated_images(plan.jobs, args.options, args.annotations, TextProgress())
+    images = annotated_images(plan.jobs, options(args), args.annotations, TextProgress())
     run = finetune_to_file(images, lambda: backbone, embed_settings(args), settings, out,
                            progress=TextProgress(), on_epoch=print_epoch)
     print(run.result.validation.format_table())
@@ -254,6 +261,4 @@ COMMANDS = {
 def run(args) -> int:
     if args.command not in COMMANDS:
         raise DinolocError(f"Unknown command {args.command!r}.")
-    if hasattr(args, "images"):
-        args.options = run_options(args)
     return COMMANDS[args.command](args)
