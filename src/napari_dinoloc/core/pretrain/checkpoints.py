@@ -83,3 +83,18 @@ def export_teacher(teacher, spec: BackboneSpec, path: str | Path) -> Path:
                             device=torch.device("cpu"))
     save_backbone_weights(loaded, path)
     return Path(path)
+
+
+def export_checkpoint_teacher(checkpoint: str | Path, path: str | Path) -> Path:
+    """The teacher backbone of a training checkpoint, written as safetensors with its spec."""
+    from .cell_model import build_vit
+
+    state = read_training_checkpoint(checkpoint)
+    spec = spec_from_plain(state["args"].spec)
+    model = build_vit(spec)
+    model.load_state_dict({k[len("backbone."):]: v for k, v in state["teacher"].items() if k.startswith("backbone.")})
+
+    class _Teacher:  # export_teacher reads .backbone only
+        backbone = model
+
+    return export_teacher(_Teacher, spec, path)

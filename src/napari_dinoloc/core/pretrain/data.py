@@ -36,6 +36,7 @@ class ImageSource:
     channels: str | None = None  # e.g. "protein=1,nucleus=0"; None: what the file kind implies
     labels: str | Path | None = None
     group: str = ""  # e.g. the data folder, for the record of data used
+    segmentation: object = None  # SegmentationParams for this image (cell sizes); None: the defaults
 
 
 def to_uint8(crops: np.ndarray) -> np.ndarray:
@@ -155,6 +156,14 @@ class PretrainCells:
             report(progress, done + 1, len(sources), f"Cells of {record['source']}: {len(crops)}")
         return cls(parts, stains, records)
 
+    @classmethod
+    def concat(cls, parts: Sequence["PretrainCells"]) -> "PretrainCells":
+        """One set of the cells of several (same stains and stored size)."""
+        parts = [p for p in parts if len(p)]
+        if len({p.stains for p in parts}) > 1:
+            raise ValueError("cells to join must have the same stains")
+        return cls([a for p in parts for a in p.parts], parts[0].stains, [r for p in parts for r in p.records])
+
     def summary(self) -> dict:
         groups: dict[str, dict] = {}
         for record in self.records:
@@ -171,6 +180,7 @@ def _source_name(source) -> str:
 def _cached_crops(source, cache: Path, size: int, stains: tuple, segment: Callable) -> tuple[np.ndarray, dict]:
     from ..images import CellImage, load_cell_image
 
+    params = getattr(source, "segmentation", None)
     if isinstance(source, CellImage):
         image, labels_file, group = source, None, ""
     else:
@@ -179,14 +189,14 @@ def _cached_crops(source, cache: Path, size: int, stains: tuple, segment: Callab
         labels_file, group = source.labels, source.group
     labels = _read_labels(labels_file, image.shape) if labels_file is not None else None
     key = {"image": image.content_hash, "stains": stains, "size": size, "version": CACHE_VERSION,
-           "labels": None if labels is None else hashlib.sha256(labels.tobytes()).hexdigest()}
+           "labels": None if labels is None else hashlib.sha256(labels.tobytes()).hexdigest(), "params": repr(params)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache / f"{digest}.npy"
     if path.is_file():
         crops = np.load(path, mmap_mode="r")
     else:
         if labels is None:
-            labels = segment(image)
+            labels = segment(image) if params is None else segment(image, params)
         crops = cell_crops(image, labels, stains, size)
         with open(path.with_suffix(".tmp"), "wb") as handle:  # np.save + rename: never a half-written cache entry
             np.save(handle, crops)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..devices import resolve_device
-from ..errors import DinolocError
+from ..errors import Cancelled, DinolocError
 from ..progress import CancelToken, check_cancel, report
 from .checkpoints import make_args, read_training_checkpoint, spec_from_plain, write_checkpoint
 from .data import PretrainCells
@@ -233,9 +233,9 @@ def _loop(run: DinoRun, settings, path, progress, cancel, on_step) -> PretrainRe
             if path is not None and time.perf_counter() - last_save >= settings.checkpoint_minutes * 60.0:
                 run.save(path)
                 last_save = time.perf_counter()
-    except BaseException:
+    except Cancelled:  # raised between two steps, where the state is whole: keep it
         if path is not None and run.step > first_step:
-            run.save(path)  # the state between two steps is whole: keep it (atomic: the old file survives a crash)
+            run.save(path)  # atomic: the previous checkpoint survives a crash while writing
         raise
     seconds = time.perf_counter() - start
     if path is not None:
