@@ -134,7 +134,8 @@ def make_settings(args) -> PretrainSettings:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--cache", default=str(ROOT / ".cache" / "pretrain-crops"))
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "napari-dinoloc" / "pretrain-crops"),
+                        help="crop cache (outside the repository: crops come from the data)")
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (DINO layout), written every few minutes")
     parser.add_argument("--out", help="final teacher as safetensors (the shipped model file)")
     parser.add_argument("--record", help="JSON record of data used, steps, hours, crops/s")

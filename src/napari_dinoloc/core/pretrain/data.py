@@ -174,7 +174,10 @@ class PretrainCells:
 
 
 def _source_name(source) -> str:
-    return getattr(source, "name", None) or str(getattr(source, "files", source))
+    files = getattr(source, "files", None)
+    if files is None:
+        return str(getattr(source, "name", source))
+    return Path(files[0] if isinstance(files, (tuple, list)) else files).name
 
 
 def _cached_crops(source, cache: Path, size: int, stains: tuple, segment: Callable) -> tuple[np.ndarray, dict]:
