@@ -271,3 +271,17 @@ def test_shipped_cell_model_is_small_and_registers():
     params = sum(p.numel() for p in model.parameters())
     assert 2_000_000 < params < 4_000_000
     assert model(torch.zeros(1, 2, 64, 64)).shape == (1, 192)
+
+
+def test_starts_from_a_registered_backbone_or_a_weights_file(cells, tmp_path):
+    path = tmp_path / "rgb.pth"
+    result = pretrain(cells, tiny_settings(epochs=1), start="random-tiny", checkpoint_path=path)
+    assert result.steps >= 1
+    loaded = load_backbone("checkpoint", weights=path, device="cpu")  # 3 slots: read as an RGB ViT
+    assert loaded.spec.slots == load_backbone("random-tiny", device="cpu").spec.slots and loaded.embed_dim == 64
+
+    first = tmp_path / "first.pth"
+    pretrain(cells, tiny_settings(epochs=1), start=TINY, checkpoint_path=first)
+    spec, model = resolve_start(TINY, weights=first)
+    expected = read_checkpoint(first)
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
