@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +204,7 @@ def write_record(args, cells, summary, settings, result) -> None:
         "training_seconds": round(seconds, 1), "training_hours": round(seconds / 3600, 3),
         "crops_per_second": round(result.crops_per_second, 2), "precision": result.precision,
         "device": settings.device, "loss_first": result.losses[:5], "loss_last": result.losses[-5:],
-        "settings": replace(settings, minutes=None).as_plain_dict(),
+        "settings": settings.as_plain_dict(),
     })
 
 
