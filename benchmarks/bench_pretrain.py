@@ -50,13 +50,17 @@ def one_precision(precision: str, steps: int, batch: int, local_views: int) -> d
 
 
 def throughput(args) -> list[dict]:
-    rows = []
-    for precision in ("fp32", "bf16"):
-        out = subprocess.run([sys.executable, __file__, "--one", precision, "--steps", str(args.steps), "--batch",
-                              str(args.batch), "--local-views", str(args.local_views)],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    return rows
+    """Best of ``--repeats`` interleaved runs per precision: on a shared CPU single timings vary several-fold."""
+    best: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for precision in ("fp32", "bf16"):
+            out = subprocess.run([sys.executable, __file__, "--one", precision, "--steps", str(args.steps), "--batch",
+                                  str(args.batch), "--local-views", str(args.local_views)],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            if precision not in best or row["crops_per_cpu_s"] > best[precision]["crops_per_cpu_s"]:
+                best[precision] = row
+    return [best["fp32"], best["bf16"]]
 
 
 def features(model, crops) -> np.ndarray:
@@ -118,6 +122,7 @@ def probe(args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--local-views", type=int, default=4)
     parser.add_argument("--fields", type=int, default=8)
