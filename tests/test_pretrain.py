@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dinoloc.core.backbones import BackboneSpec, load_backbone, read_checkpoint, register_backbone
+from napari_dinoloc.core.backbones import BACKBONES, BackboneSpec, load_backbone, read_checkpoint, register_backbone
 from napari_dinoloc.core.errors import Cancelled
 from napari_dinoloc.core.images import make_cell_image
 from napari_dinoloc.core.pretrain import (
     CELL_MODEL_SPEC, DinoRun, PretrainCells, PretrainSettings, ViewSettings, build_vit, cosine, export_teacher,
-    linear_warmup, make_views, pretrain, read_training_checkpoint, register_cell_model, resolve_start, to_slots,
+    linear_warmup, make_views, pretrain, read_training_checkpoint, resolve_start, to_slots,
     warmup_cosine,
 )
 from napari_dinoloc.core.pretrain.precision import choose_precision
@@ -265,7 +265,8 @@ def test_precision_is_measured_on_cpu_and_the_faster_kept():
 
 
 def test_shipped_cell_model_is_small_and_registers():
-    spec = register_cell_model()
+    spec = BACKBONES["dinoloc-cells"]
+    assert spec is CELL_MODEL_SPEC and spec.source == "package"
     assert spec.slots == (PROTEIN, NUCLEUS) and spec.normalization == "self" and spec.patch_size == 8
     model = build_vit(CELL_MODEL_SPEC)
     params = sum(p.numel() for p in model.parameters())

@@ -116,11 +116,13 @@ def _slots_for_channels(in_chans: int) -> tuple[tuple[str, ...], str]:
         return HPA_SLOTS, "self"
     if in_chans == 3:
         return RGB_SLOTS, "imagenet"
+    if in_chans == 2:
+        return (PROTEIN, NUCLEUS), "self"  # napari-dinoloc's own cell models (core.pretrain)
     if in_chans == 1:
         return (PROTEIN,), "self"
     raise DinolocError(
         f"The checkpoint's model takes {in_chans} input channels; napari-dinoloc knows what 1 (protein), "
-        "3 (RGB) or 4 (HPA: microtubules, protein, nucleus, ER) channels mean."
+        "2 (protein, nucleus), 3 (RGB) or 4 (HPA: microtubules, protein, nucleus, ER) channels mean."
     )
 
 

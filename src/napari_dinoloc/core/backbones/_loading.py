@@ -72,6 +72,8 @@ def load_backbone(name: str, weights: str | Path | None = None, device: str = "a
         model, spec, weights_hash = _model_from_file(spec, Path(weights))
     elif spec.source == "timm":
         model, weights_hash = _model_from_hub(spec), f"timm:{spec.arch}"
+    elif spec.source == "package":
+        model, spec, weights_hash = _model_from_file(spec, packaged_weights(spec.name))
     elif spec.source == "random":
         model, weights_hash = _seeded_random_model(spec), f"random:{RANDOM_SEED}"
     else:
@@ -82,6 +84,15 @@ def load_backbone(name: str, weights: str | Path | None = None, device: str = "a
     model.eval().to(torch_device)
     return LoadedBackbone(spec=spec, model=model, weights_hash=weights_hash,
                           embed_dim=int(model.embed_dim), device=torch_device)
+
+
+def packaged_weights(name: str) -> Path:
+    """The weights file of a model shipped inside the package (``napari_dinoloc/models/<name>.safetensors``)."""
+    path = Path(__file__).resolve().parents[2] / "models" / f"{name}.safetensors"
+    if not path.is_file():
+        raise DinolocError(f"The weights of the shipped model {name!r} are missing from this installation ({path}): "
+                           "reinstall napari-dinoloc, or choose another backbone.")
+    return path
 
 
 # --- building models -------------------------------------------------------------------------

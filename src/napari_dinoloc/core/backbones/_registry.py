@@ -1,8 +1,10 @@
 """The backbones napari-dinoloc knows: a timm ViT architecture + a weights source + what its input means.
 
 Weights come from the timm hub (``source="timm"``), from a local file the user gives
-(``source="file"``; DINO training checkpoints, plain state dicts, safetensors) or from a seeded random
-initialisation (``source="random"``, only when the name says so: never a silent fallback).
+(``source="file"``; DINO training checkpoints, plain state dicts, safetensors), from a file shipped
+inside the package (``source="package"``: ``napari_dinoloc/models/<name>.safetensors``, no network)
+or from a seeded random initialisation (``source="random"``, only when the name says so: never a
+silent fallback).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from dataclasses import dataclass, field
 
 from .. import defaults
 from ..registry import Registry
-from ..stains import HPA_SLOTS, RGB_SLOTS
+from ..stains import HPA_SLOTS, NUCLEUS, PROTEIN, RGB_SLOTS
 
 NORMALIZATIONS = ("imagenet", "self")
+SOURCES = ("timm", "file", "package", "random")
 
 DINO_PAPER = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers (ICCV 2021)"
 DINOV2_PAPER = "Oquab et al., DINOv2: Learning Robust Visual Features without Supervision (TMLR 2024)"
+CELL_MODEL = "dinoloc-cells"  # the small cell ViT trained by scripts/pretrain_cell_model.py and shipped
 DINO4CELLS_PAPER = "Doron, Moutakanni et al., Unbiased single-cell morphology with self-supervised vision transformers (DINO4Cells)"
 
 
@@ -25,7 +29,7 @@ class BackboneSpec:
     name: str
     description: str
     paper: str
-    source: str  # "timm" | "file" | "random"
+    source: str  # "timm" | "file" | "package" | "random"
     arch: str | None  # timm model name; None: built from arch_kwargs (or inferred from a checkpoint)
     slots: tuple[str, ...]  # stain of each input slot
     normalization: str  # "imagenet" | "self"
@@ -43,7 +47,7 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone", default=defaults.BACKBO
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    if spec.source not in ("timm", "file", "random"):
+    if spec.source not in SOURCES:
         raise ValueError(f"unknown backbone source {spec.source!r}")
     if spec.normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {spec.normalization!r}")
@@ -83,6 +87,15 @@ def _register_defaults() -> None:
                     "(4 channels: HPA slots, 3: RGB slots, 1: protein only).",
         paper=DINO_PAPER, source="file", arch=None,
         slots=RGB_SLOTS, normalization="imagenet", input_size=224, patch_size=16,
+    ))
+    register_backbone(BackboneSpec(
+        name=CELL_MODEL,
+        description="Small cell ViT shipped with napari-dinoloc (192 dims, 6 blocks, patch 8, 64 px; slots protein, "
+                    "nucleus, a missing nucleus is zero), pretrained with DINO on public cell images; works offline.",
+        paper=DINO4CELLS_PAPER, source="package", arch=None, slots=(PROTEIN, NUCLEUS), normalization="self",
+        input_size=64, patch_size=8,
+        arch_kwargs={"img_size": 64, "patch_size": 8, "in_chans": 2, "embed_dim": 192, "depth": 6, "num_heads": 3,
+                     "mlp_ratio": 4.0, "qkv_bias": True},
     ))
     register_backbone(BackboneSpec(
         name="random",

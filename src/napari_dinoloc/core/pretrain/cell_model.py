@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from ..backbones import DINO4CELLS_PAPER, BackboneSpec, get_spec, register_backbone
+from ..backbones import BACKBONES, CELL_MODEL, BackboneSpec
 from ..errors import DinolocError
-from ..stains import NUCLEUS, PROTEIN
 
-CELL_MODEL_NAME = "dinoloc-cells"
-CELL_SLOTS = (PROTEIN, NUCLEUS)
-
-#: ~2.7M parameters: patch 8 on 64 px gives 8x8 tokens, about a nucleus-sized patch each.
-CELL_MODEL_SPEC = BackboneSpec(
-    name=CELL_MODEL_NAME,
-    description="Small cell ViT (192 dims, 6 blocks, patch 8, 64 px; slots protein, nucleus; a missing nucleus "
-                "is zero) pretrained with DINO on public cell images and synthetic fields.",
-    paper=DINO4CELLS_PAPER, source="file", arch=None, slots=CELL_SLOTS, normalization="self",
-    input_size=64, patch_size=8,
-    arch_kwargs={"img_size": 64, "patch_size": 8, "in_chans": 2, "embed_dim": 192, "depth": 6, "num_heads": 3,
-                 "mlp_ratio": 4.0, "qkv_bias": True},
-)
-
-
-def register_cell_model() -> BackboneSpec:
-    """Register the shipped cell model's spec (its weights are given as a file)."""
-    return register_backbone(CELL_MODEL_SPEC)
+CELL_MODEL_NAME = CELL_MODEL
+#: ~2.7M parameters: patch 8 on 64 px gives 8x8 tokens, about a nucleus-sized patch each (registered
+#: in backbones/_registry.py; its weights ship as package data).
+CELL_MODEL_SPEC = BACKBONES[CELL_MODEL]
 
 
 def build_vit(spec: BackboneSpec, seed: int = 0, drop_path_rate: float = 0.0):
@@ -67,7 +52,7 @@ def resolve_start(start, weights=None, seed: int = 0, drop_path_rate: float = 0.
             load_weights_into(model, read_checkpoint(weights), start, Path(weights))
         return start, model
     if isinstance(start, str):
-        get_spec(start)  # a clear error for unknown names
+        BACKBONES.lookup(start)  # a clear error for unknown names
         loaded = load_backbone(start, weights=weights, device="cpu")
         return loaded.spec, loaded.model
     raise DinolocError(f"Cannot start pretraining from {start!r}: give a backbone name, a BackboneSpec or a loaded backbone.")
