@@ -97,3 +97,20 @@ def test_pretrain_errors_are_one_line(samples, tmp_path, capsys, extra, words):
     assert code == 2 and "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("dinoloc: error:")]
     assert len(lines) == 1 and words in lines[0], err
+
+
+def test_starting_points_and_probe_classes(tmp_path):
+    from napari_dinoloc.core.backbones import CELL_MODEL
+    from napari_dinoloc.core.errors import DinolocError
+
+    assert pretraining.starting_point("scratch") == (TINY_SPEC, None)
+    assert pretraining.starting_point("shipped") == (CELL_MODEL, None)
+    assert pretraining.starting_point("random-tiny") == ("random-tiny", None)
+    checkpoint = tmp_path / "run.pth"
+    checkpoint.write_bytes(b"x")
+    assert pretraining.starting_point(str(checkpoint)) == ("checkpoint", checkpoint)
+    with pytest.raises(DinolocError, match="Unknown starting point"):
+        pretraining.starting_point("nope")
+    # the kNN probe needs 2 cells in each of 2 classes; a class with one cell does not count
+    assert pretraining.usable_annotations({1: "a", 2: "a", 3: "b"}) is None
+    assert pretraining.usable_annotations({1: "a", 2: "a", 3: "b", 4: "b", 5: "c"}) == {1: "a", 2: "a", 3: "b", 4: "b"}

@@ -118,12 +118,12 @@ class PretrainRun:
 
 def pretrain_model(cells, out, settings=None, start: Optional[str] = None, weights=None, resume: bool = False,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                   on_step=None, on_checkpoint: Optional[Callable[[int, Path], None]] = None,
+                   on_step=None, on_checkpoint: Optional[Callable[[int, Path], Optional[float]]] = None,
                    keep_on_cancel: bool = False) -> PretrainRun:
     """Train with DINO on ``cells`` (PretrainCells); write the checkpoint ``out`` and its teacher.
 
     ``on_checkpoint(step, teacher_file)`` runs (in the caller's thread) after every checkpoint, once the
-    teacher file is up to date. ``keep_on_cancel``: a cancelled run returns its last checkpoint
+    teacher file is up to date; a number it returns (e.g. ``knn_probe``'s) is kept in ``probes``. ``keep_on_cancel``: a cancelled run returns its last checkpoint
     (``stopped == "cancelled"``) instead of raising ``Cancelled``."""
     from ..files import check_writable
     from ..pretrain import export_checkpoint_teacher, pretrain
@@ -138,7 +138,7 @@ def pretrain_model(cells, out, settings=None, start: Optional[str] = None, weigh
     settings = settings or base_settings()
     start_arg, weights_arg = starting_point(start, weights) if not resume else (None, None)
     seen = {"stamp": _stamp(out) if resume else None}
-    losses: list[float] = []
+    probes: list[tuple[int, float]] = []
 
     def checkpointed(step: int) -> None:
         stamp = _stamp(out)
@@ -147,10 +147,11 @@ def pretrain_model(cells, out, settings=None, start: Optional[str] = None, weigh
         seen["stamp"] = stamp
         export_checkpoint_teacher(out, teacher_path(out))
         if on_checkpoint is not None:
-            on_checkpoint(step, teacher_path(out))
+            value = on_checkpoint(step, teacher_path(out))
+            if value is not None:
+                probes.append((step, float(value)))
 
     def each_step(info) -> None:
-        losses.append(info.loss)
         if on_step is not None:
             on_step(info)
         checkpointed(info.step)
@@ -166,10 +167,10 @@ def pretrain_model(cells, out, settings=None, start: Optional[str] = None, weigh
         state = read_training_checkpoint(out)
         checkpointed(int(state["step"]))
         return PretrainRun(out, teacher_path(out), list(state["losses"]), int(state["step"]),
-                           int(state["args"].total_steps), "cancelled", len(cells))
+                           int(state["args"].total_steps), "cancelled", len(cells), probes=probes)
     checkpointed(result.steps)
     return PretrainRun(out, teacher_path(out), list(result.losses), result.steps, result.total_steps, result.stopped,
-                       len(cells), result.seconds, result.crops_per_second)
+                       len(cells), result.seconds, result.crops_per_second, probes)
 
 
 def _stamp(path: Path):
@@ -190,21 +191,21 @@ def knn_probe(backbone, image, labels, annotations: dict, settings=None, folds: 
     from ..embedding import EmbedSettings, embed_cells
     from ..evaluation import cross_validate
 
-    usable = _usable_annotations(annotations)
+    usable = usable_annotations(annotations)
     if usable is None:
         return None
     keep = np.isin(labels, list(usable))
     embeddings = embed_cells(image, np.where(keep, labels, 0), backbone, settings or EmbedSettings(device="cpu"),
                              cancel=cancel)
     rows = [(i, usable[int(label)]) for i, label in enumerate(embeddings.labels) if int(label) in usable]
-    if _usable_annotations(dict((i, name) for i, name in rows)) is None:
+    if usable_annotations(dict((i, name) for i, name in rows)) is None:
         return None
     index, classes = zip(*rows)
     vectors = embeddings.vectors[list(index)]
     return float(cross_validate("knn", vectors, list(classes), folds=folds, cancel=cancel).macro_f1)
 
 
-def _usable_annotations(annotations: dict) -> Optional[dict]:
+def usable_annotations(annotations: dict) -> Optional[dict]:
     from collections import Counter
 
     counts = Counter(name for name in annotations.values() if name)
