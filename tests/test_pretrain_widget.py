@@ -78,4 +78,4 @@ def test_cancel_keeps_the_last_checkpoint_as_the_backbone(qtbot, make_napari_vie
     assert run.teacher.is_file() and dock.model_panel.spec().name == "checkpoint"
     assert Path(dock.model_panel.weights_path()) == run.teacher
     assert panel.plot.f1_points() == []  # no annotations: no probe
-    assert panel.summary.text().startswith(f"Saved {run.checkpoint}") and "cancelled after step" in panel.summary.text()
+    assert panel.summary.text().startswith(f"Saved {run.checkpoint}") and "Cancelled after step" in panel.summary.text()

@@ -172,8 +172,9 @@ class PretrainPanel(QWidget):
         self.model_panel.choose("checkpoint")
         self.model_panel.weights.setText(str(run.teacher))
         self.plot.set_title(run.summary().split(" on ")[0])
+        summary = run.summary()
         self.summary.setText(f"Saved {run.checkpoint} and its backbone {run.teacher.name}; step 2 now uses it "
-                             f"(press Embed cells). {run.summary()}")
+                             f"(press Embed cells). {summary[0].upper()}{summary[1:]}")
         notify_info(f"Adapted model saved to {run.teacher}: step 2 ▸ Backbone now uses it; press Embed cells.")
 
 
