@@ -1,6 +1,6 @@
 """Screenshots of the main dock at each step, for the docs (docs/images/).
 
-Run: xvfb-run -a .venv/bin/python docs/make_screenshots.py
+Run: xvfb-run -a .venv/bin/python docs/make_screenshots.py [NAME.png ...]   (names: only those are written)
 Uses the synthetic sample and the tiny random backbone (no download); the annotations are
 taken from the sample's ground truth, as a user would click them.
 """
@@ -21,6 +21,8 @@ WINDOW_SIZE = (1500, 950)
 CELLS_PER_CLASS = 3
 FINETUNE_EPOCHS = 8
 FINETUNE_LR = 1e-4  # the default, for pretrained weights; random-tiny learns little either way
+ADAPT_MINUTES = 1.0  # step 7: a short DINO run (real use: tens of minutes to hours)
+ONLY = set(sys.argv[1:])  # screenshots to write; empty: all
 
 
 def wait_until_idle(dock, app) -> None:
@@ -31,6 +33,8 @@ def wait_until_idle(dock, app) -> None:
 
 
 def save(viewer, app, name: str) -> None:
+    if ONLY and name not in ONLY:
+        return
     for _ in range(5):
         app.processEvents()
         time.sleep(0.05)
@@ -104,7 +108,9 @@ def main() -> None:
     hover_a_cell(viewer, dock)
     save(viewer, app, "05-predicted.png")
 
-    finetune_and_report(viewer, dock, app)
+    if not ONLY or ONLY & {"06-finetune.png", "07-report.png"}:
+        finetune_and_report(viewer, dock, app)
+    adapt_the_model(viewer, dock, app)
     viewer.close()
 
 
@@ -123,6 +129,24 @@ def finetune_and_report(viewer, dock, app) -> None:
     wait_until_idle(dock, app)
     scroll_to_step(dock, app, 5)
     save(viewer, app, "07-report.png")
+
+
+def adapt_the_model(viewer, dock, app) -> None:
+    """Step 7 after a short self-supervised run: loss curve, kNN macro-F1 at each checkpoint, new backbone."""
+    from napari_dinoloc.core.backbones import CELL_MODEL
+    from napari_dinoloc.core.backbones._loading import packaged_weights
+    from napari_dinoloc.core.errors import DinolocError
+
+    try:
+        packaged_weights(CELL_MODEL)
+        start = "shipped"
+    except DinolocError:  # the shipped weights are not in this checkout yet
+        start = "scratch"
+    dock.pretrain_panel.choose(minutes=ADAPT_MINUTES, start=start)
+    dock.pretrain_panel.start()
+    wait_until_idle(dock, app)
+    scroll_to_step(dock, app, 6)
+    save(viewer, app, "08-adapt.png")
 
 
 def scroll_to_step(dock, app, index: int) -> None:

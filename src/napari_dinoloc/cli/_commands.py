@@ -218,6 +218,24 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from ..core.workflows import pretraining
+
+    if args.resume and args.start != pretraining.SCRATCH:
+        raise DinolocError("--resume continues the run saved in --out from where it stopped: leave out --start.")
+    settings = pretraining.base_settings(epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+                                         checkpoint_minutes=args.checkpoint_minutes, device=args.device,
+                                         precision=args.precision)
+    plan = preflight(args, outputs=[] if args.resume else [args.out])
+    cells = pretraining.image_cells(plan.jobs, options(args), args.crop_cache, progress=TextProgress(), say=say)
+    say(f"dinoloc: pretraining on {len(cells)} cells of {len(cells.records)} image(s)")
+    run = pretraining.pretrain_model(cells, args.out, settings, start=args.start, weights=args.weights,
+                                     resume=args.resume, progress=TextProgress())
+    for line in pretraining.usage_lines(run):
+        print(line)
+    return 0
+
+
 def cmd_backbones(args) -> int:
     from ..core.backbones import BACKBONES
     from ..core.strategies import STRATEGIES
@@ -253,6 +271,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "evaluate": cmd_evaluate,
     "finetune": cmd_finetune,
+    "pretrain": cmd_pretrain,
     "backbones": cmd_backbones,
     "demo": cmd_demo,
 }

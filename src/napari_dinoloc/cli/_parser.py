@@ -108,6 +108,32 @@ def training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-augment", action="store_true", help="train without the Cell-DINO augmentations")
 
 
+def pretrain_options(parser: argparse.ArgumentParser) -> None:
+    """``dinoloc pretrain``: budget, starting point, files, and how to run."""
+    from ..core.devices import DEVICE_CHOICES
+    from ..core.pretrain.settings import PRECISION_CHOICES
+    from ..core.workflows.pretraining import SCRATCH, START_HELP, base_settings
+
+    d = base_settings()
+    parser.add_argument("--out", type=Path, required=True,
+                        help="training checkpoint to write (.pth; its teacher backbone goes beside it as .safetensors)")
+    parser.add_argument("--minutes", type=positive_float, help="stop after this many minutes (a checkpoint is kept)")
+    parser.add_argument("--epochs", type=positive_float, help=f"epochs the schedules plan for (default {d.epochs:g} "
+                        "unless only --minutes is given)")
+    parser.add_argument("--start", default=SCRATCH, metavar="FROM",
+                        help=f"{'; '.join(f'{k}: {v}' for k, v in START_HELP.items())}; or a backbone name, "
+                             "or a checkpoint file")
+    parser.add_argument("--weights", type=Path, help="weights file for the --start backbone")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out (same images)")
+    parser.add_argument("--checkpoint-minutes", type=positive_float, default=d.checkpoint_minutes,
+                        help="write the checkpoint this often")
+    parser.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="cells per DINO step")
+    parser.add_argument("--device", default=d.device, choices=DEVICE_CHOICES)
+    parser.add_argument("--precision", default=d.precision, choices=PRECISION_CHOICES,
+                        help="auto: measured on CPU, bf16 on CUDA")
+    parser.add_argument("--crop-cache", type=Path, help="folder of the cell crop cache (default: in the user cache folder)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..core.backbones import BACKBONES
 
@@ -164,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--out", type=Path, required=True, help="model bundle to write (.dinoloc)")
     training_options(finetune)
+
+    pretrain = add("pretrain", "self-supervised DINO training on the cells of the images (no labels needed)", [images])
+    pretrain_options(pretrain)
 
     add("backbones", "list the backbones and channel strategies")
 

@@ -14,12 +14,13 @@ from .finetune_panel import FinetunePanel
 from .image_panel import ImagePanel
 from .model_panel import ModelPanel
 from .predict_panel import BUNDLE, PredictPanel
+from .pretrain_panel import PretrainPanel
 from .report_panel import ReportPanel
 
 
 class DinolocWidget(QWidget):
     """DINO localization: image and cells → model and embeddings → annotate → predict and export
-    → fine-tune → evaluate."""
+    → fine-tune → evaluate → adapt the backbone to the cells (self-supervised)."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -37,6 +38,7 @@ class DinolocWidget(QWidget):
                                             head_kind=self.head_kind)
         self.report_panel = ReportPanel(self.state, self.runner, head_kind=self.head_kind,
                                         finetune_inputs=self.finetune_panel.inputs)
+        self.pretrain_panel = PretrainPanel(self.state, self.runner, self.model_panel)
         self._build()
         self.destroyed.connect(self.runner.close)  # a closed dock drops the result of its running job
 
@@ -48,7 +50,8 @@ class DinolocWidget(QWidget):
         for title, panel in (("1 · Image and cells", self.image_panel), ("2 · Model and embeddings", self.model_panel),
                              ("3 · Annotate", self.annotate_panel), ("4 · Predict and export", self.predict_panel),
                              ("5 · Fine-tune the backbone", self.finetune_panel),
-                             ("6 · Evaluation report", self.report_panel)):
+                             ("6 · Evaluation report", self.report_panel),
+                             ("7 · Adapt the model to these cells (self-supervised)", self.pretrain_panel)):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
             inner.setContentsMargins(6, 6, 6, 6)
@@ -69,7 +72,7 @@ class DinolocWidget(QWidget):
         layout.addWidget(self.job_bar)
 
     def show_step(self, index: int) -> None:
-        """Scroll step ``index`` (0-5) into view."""
+        """Scroll step ``index`` (0-6) into view."""
         self.scroll.ensureWidgetVisible(self.sections[index], 0, 0)
 
     def head_kind(self) -> str:

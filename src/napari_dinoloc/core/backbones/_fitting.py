@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from ..errors import DinolocError
-from ..stains import HPA_SLOTS, PROTEIN, RGB_SLOTS
+from ..stains import HPA_SLOTS, NUCLEUS, PROTEIN, RGB_SLOTS
 from ..tensor_files import check_limit
 from ._checkpoint import is_safetensors
 from ._registry import BACKBONES, DINO_PAPER, BackboneSpec

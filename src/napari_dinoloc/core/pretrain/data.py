@@ -37,6 +37,7 @@ class ImageSource:
     labels: str | Path | None = None
     group: str = ""  # e.g. the data folder, for the record of data used
     segmentation: object = None  # SegmentationParams for this image (cell sizes); None: the defaults
+    channel_axis: int | None = None  # axis of the channels when the file does not say
 
 
 def to_uint8(crops: np.ndarray) -> np.ndarray:
@@ -188,7 +189,7 @@ def _cached_crops(source, cache: Path, size: int, stains: tuple, segment: Callab
         image, labels_file, group = source, None, ""
     else:
         files = list(source.files) if isinstance(source.files, (tuple, list)) else source.files
-        image = load_cell_image(files, source.channels)
+        image = load_cell_image(files, source.channels, channel_axis=getattr(source, "channel_axis", None))
         labels_file, group = source.labels, source.group
     labels = _read_labels(labels_file, image.shape) if labels_file is not None else None
     key = {"image": image.content_hash, "stains": stains, "size": size, "version": CACHE_VERSION,

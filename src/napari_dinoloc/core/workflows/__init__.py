@@ -12,6 +12,7 @@ and returns plain results; nothing here knows about terminals or Qt.
 | `images.py` | a CellImage from channels marked with stains |
 | `cells.py` | label images, cell tables and embeddings written to files |
 | `preflight.py` | checks before the long work: outputs, model, annotations, images, crop memory |
+| `pretraining.py` | self-supervised DINO on the user's cells: the cells, the run and its files, a kNN probe |
 """
 
 from .finetuning import FinetuneRun, finetune_run, finetune_to_file, file_summary, run_summary
