@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--record", help="JSON record of data used, steps, hours, crops/s")
     parser.add_argument("--log", help="log file (appended)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--weights", help="start from these weights (e.g. the shipped model's safetensors) instead of random")
     parser.add_argument("--minutes", type=float, default=None, help="time budget of this session")
     parser.add_argument("--epochs", type=float, default=None, help="planned epochs (fix the schedules)")
     parser.add_argument("--synthetic", type=int, default=20, help="synthetic 512-px fields added to the real cells")
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
             last[0] = time.perf_counter()
             say(what)
 
-    result = pretrain(cells, settings, start=CELL_MODEL_SPEC, checkpoint_path=args.checkpoint, resume=args.resume,
+    result = pretrain(cells, settings, start=CELL_MODEL_SPEC, weights=args.weights, checkpoint_path=args.checkpoint,
+                      resume=args.resume,
                       progress=progress)
     say(f"{result.stopped}: step {result.steps}/{result.total_steps}, epoch {result.epochs:.2f}, "
         f"{result.crops_per_second:.1f} crops/s, {result.precision}, last loss {np.mean(result.losses[-20:]):.4f}")

@@ -186,20 +186,33 @@ def test_offline_hub_backbone_ends_at_once_in_one_line(kit, tmp_path, monkeypatc
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
     start = time.perf_counter()
     code = main(["embed", *paths(kit, "field_000.tif"), "--labels", str(kit / "field_000_labels.tif"), *CHANNELS,
-                 "--out", str(tmp_path / "e.npz")])
+                 "--backbone", "dino-vits16", "--out", str(tmp_path / "e.npz")])
     seconds = time.perf_counter() - start
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("dinoloc: error: No network"), err
+    assert "dinoloc-cells" in err[0]  # the shipped model is named as the alternative
     assert not any("retry" in line.lower() for line in err)
     assert seconds < 20 and not (tmp_path / "e.npz").exists()
 
 
-def test_offline_demo_falls_back_in_one_line(tmp_path, monkeypatch, capsys):
+def test_offline_default_backbone_is_the_shipped_model(kit, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(network, "hub_reachable", lambda: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
+    code = main(["embed", *paths(kit, "field_000.tif"), "--labels", str(kit / "field_000_labels.tif"), *CHANNELS,
+                 "--out", str(tmp_path / "e.npz")])
+    err = capsys.readouterr().err
+    assert code == 0 and "No network" not in err and "retry" not in err.lower()
+    with np.load(tmp_path / "e.npz") as saved:
+        assert saved["vectors"].shape[1] == 192  # the width of dinoloc-cells
+
+
+def test_offline_demo_runs_on_the_shipped_model(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(network, "hub_reachable", lambda: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert main(["demo", "--headless", str(tmp_path / "demo"), "--size", "384"]) == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if "random" in line]
-    assert len(lines) == 1 and lines[0].startswith("No network") and "goes on with the 'random' backbone" in lines[0]
+    captured = capsys.readouterr()
+    assert "No network" not in captured.err and "random" not in captured.err
+    assert "backbone dinoloc-cells" in captured.out
     assert (tmp_path / "demo" / "predictions.csv").is_file()
 
 

@@ -58,7 +58,8 @@ def crop_size_for(table, margin: float = 1.5, multiple: int = 16) -> int:
 
 
 def load_demo_backbone(name: str | None, say: Callable[[str], None]):
-    """The named backbone; without a name, DINO ViT-S/16, or random weights when offline (said aloud)."""
+    """The named backbone; without a name the default (the shipped cell model), or random weights if even that
+    cannot be loaded (said aloud)."""
     from .backbones import load_backbone
 
     if name:

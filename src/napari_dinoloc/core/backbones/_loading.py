@@ -12,7 +12,7 @@ from ..errors import DinolocError
 from ..files import atomic_write
 from ._checkpoint import read_checkpoint, weights_file_hash
 from ._fitting import SPEC_METADATA_KEY, _safetensors_spec, infer_spec, load_weights_into
-from ._registry import BACKBONES, BackboneSpec
+from ._registry import BACKBONES, CELL_MODEL, BackboneSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,8 +129,8 @@ def _model_from_hub(spec: BackboneSpec):
         if not online:
             raise DinolocError(
                 f"No network: the weights of {spec.name!r} ({spec.arch}) are not cached on this machine. "
-                "Connect once (they are cached afterwards), or give a weights file with --weights "
-                "(in napari: the weights file field)."
+                f"Use the shipped model ({CELL_MODEL}, no download), connect once (weights are cached afterwards), "
+                "or give a weights file with --weights (in napari: the weights file field)."
             ) from None
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise DinolocError(
