@@ -191,8 +191,9 @@ def cases(k: dict) -> dict:
         "unknown backbone": (["embed", *one, "--backbone", "vit-huge", "--out", "e.npz"], [], ["vit-huge"]),
         "negative crop size": (embed + ["--crop-size", "-3", "--out", "e.npz"], [], ["positive"]),
         "missing --out": (embed, [], ["--out"]),
-        # no network: the default backbone's weights are not cached
-        "offline default backbone": (["embed", *one, "--channels", "nucleus=0,protein=1", "--out", "e.npz"], [], ["No network"]),
+        # no network: a hub backbone's weights are not cached (the default, dinoloc-cells, ships in the package)
+        "offline hub backbone": (["embed", *one, "--channels", "nucleus=0,protein=1", "--backbone", "dino-vits16",
+                                  "--out", "e.npz"], [], ["No network", "dinoloc-cells"]),
     }
     return table
 
