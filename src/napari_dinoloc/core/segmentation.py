@@ -146,7 +146,7 @@ def segment(image: "CellImage", params: SegmentationParams = SegmentationParams(
     notes += [note] if note else []
     if stain not in (None, NO_CELL_STAIN) and (cells > 0).sum() < NUCLEI_FILL_CELLS * (nuclei > 0).sum():
         notes.append(f"warning: the nuclei fill their cells (the {stain} outlines hardly reach beyond them): the "
-                     "nucleus channel may hold another stain; check which channel is the nucleus (e.g. --channels "
+                     "nucleus channel may hold another stain (channels swapped?); check which channel is the nucleus (e.g. --channels "
                      "protein=1,nucleus=0).")
     check_cancel(cancel)
     report(progress, 2, 3, "Cleaning up cells")
