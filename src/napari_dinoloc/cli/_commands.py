@@ -13,12 +13,22 @@ from ._output import TextProgress, note, print_epoch, report_skips, say
 # ---- options -> engine objects --------------------------------------------------------------------
 def run_options(args):
     from ..core.batch import RunOptions
-    from ..core.segmentation import SegmentationParams
 
-    seg = {k: v for k, v in (("nucleus_diameter", args.nucleus_diameter), ("cell_diameter", args.cell_diameter)) if v}
     embed = embed_settings(args) if hasattr(args, "strategy") else None  # segment has no model options
-    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=SegmentationParams(**seg),
+    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=segmentation_params(args),
                       embed=embed, notify=note)
+
+
+def segmentation_params(args):
+    from ..core.segmentation import SegmentationParams
+    from ..core.sizes import to_pixels
+
+    pixel_size = getattr(args, "pixel_size", None)
+    nucleus = to_pixels(getattr(args, "nucleus_diameter_um", None), pixel_size, "nucleus diameter") or args.nucleus_diameter
+    cell = to_pixels(getattr(args, "cell_diameter_um", None), pixel_size, "cell diameter") or args.cell_diameter
+    return SegmentationParams(nucleus_diameter=nucleus, cell_diameter=cell,
+                              cytoplasm_stain=getattr(args, "cell_stain", None),
+                              keep_border_cells=getattr(args, "keep_border_cells", False))
 
 
 def embed_settings(args):

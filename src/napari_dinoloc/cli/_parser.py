@@ -44,17 +44,33 @@ def positive_float(text: str) -> float:
     return value
 
 
-def image_options() -> argparse.ArgumentParser:
-    from ..core.segmentation import SegmentationParams
+def diameter(text: str) -> float | None:
+    """A diameter in pixels, or ``auto`` (None: measured from the image)."""
+    if text.strip().lower() == "auto":
+        return None
+    return positive_float(text)
 
-    seg = SegmentationParams()
+
+def image_options() -> argparse.ArgumentParser:
+    from ..core.segmentation import ALL_STAINS, NO_CELL_STAIN
+    from ..core.stains import ER, MICROTUBULES, OTHER
+
     parser = Parser(add_help=False, formatter_class=FORMATTER)
     parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id)")
     parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, other)")
     parser.add_argument("--channel-axis", type=int, help="axis of the channels when it cannot be detected")
     parser.add_argument("--labels", nargs="+", type=Path, default=[], help="label images with the cells (one per image, same order); default: segment")
-    parser.add_argument("--nucleus-diameter", type=float, default=seg.nucleus_diameter, help="typical nucleus diameter in pixels")
-    parser.add_argument("--cell-diameter", type=float, default=seg.cell_diameter, help="typical cell diameter in pixels")
+    parser.add_argument("--nucleus-diameter", type=diameter, default=None, metavar="PX|auto",
+                        help="typical nucleus diameter in pixels (default auto: measured from the nucleus stain)")
+    parser.add_argument("--cell-diameter", type=diameter, default=None, metavar="PX|auto",
+                        help="largest cell diameter in pixels (default: twice the nucleus diameter)")
+    parser.add_argument("--pixel-size", type=positive_float, help="µm per pixel, so that sizes can be given in µm")
+    parser.add_argument("--nucleus-diameter-um", type=positive_float, help="nucleus diameter in µm (needs --pixel-size)")
+    parser.add_argument("--cell-diameter-um", type=positive_float, help="cell diameter in µm (needs --pixel-size)")
+    parser.add_argument("--cell-stain", choices=[MICROTUBULES, ER, OTHER, ALL_STAINS, NO_CELL_STAIN],
+                        help="stain the cell outlines come from, never the protein (default: microtubules, er, then "
+                             "another non-nucleus stain; all: every non-protein stain; none: a ring around each nucleus)")
+    parser.add_argument("--keep-border-cells", action="store_true", help="keep cells cut by the image border (default: dropped, counted)")
     return parser
 
 

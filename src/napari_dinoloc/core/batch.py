@@ -144,7 +144,9 @@ def prepare_session(job: ImageJob, options: RunOptions, cache=None, progress: Op
     if job.labels is not None:
         session.set_labels(read_label_image(job.labels))
     else:
-        session.set_labels(session.segment(options.segmentation, progress=progress))
+        found = session.find_cells(options.segmentation, progress=progress)
+        tell(options, (f"{session.image.name}: {note}" for note in found.notes))
+        session.set_labels(found.cells)
     return session
 
 

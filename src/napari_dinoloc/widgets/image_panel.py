@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from ..core.errors import DinolocError
@@ -19,6 +19,8 @@ from ._layers import CELLS, DERIVED_LAYERS
 from ._workers import notify_info, notify_warning, reports_errors
 
 SEPARATE_LAYERS = "Separate layers, one per stain"
+AUTO = "auto"
+PREVIEW = "cells preview"
 #: Words in a layer name that give away its stain (whole words, or word beginnings for the long ones).
 STAIN_HINTS = (
     (NUCLEUS, ("nucle", "dapi", "hoechst", "dna", "blue", "draq", "h2b")),
@@ -126,8 +128,19 @@ class ImagePanel(QWidget):
         self.axis_label = QLabel("Channel axis")
         self.channels = QFormLayout()
         self.channels.setContentsMargins(0, 0, 0, 0)
-        self.nucleus_diameter = _spin(28.0, "Typical nucleus diameter in pixels (seeds one cell per nucleus).")
-        self.cell_diameter = _spin(56.0, "Typical cell diameter in pixels (how far cells grow from their nucleus).")
+        self.nucleus_diameter = _spin(0.0, "Typical nucleus diameter in pixels (seeds one cell per nucleus); "
+                                      "auto: measured from the nucleus stain ('Measure' shows it).")
+        self.cell_diameter = _spin(0.0, "Largest cell diameter in pixels (how far cells grow from their nucleus); "
+                                   "auto: twice the nucleus diameter.")
+        self.cell_stain = QComboBox()
+        self.cell_stain.addItems([AUTO, "microtubules", "er", OTHER, "all", "none"])
+        self.cell_stain.setToolTip("Stain the cell outlines come from, never the protein. auto: microtubules, er, then "
+                                   "another non-nucleus stain; all: every non-protein stain; none: a ring around each nucleus.")
+        self.keep_border = QCheckBox("Keep cells cut by the border")
+        self.measure_button = QPushButton("Measure")
+        self.measure_button.setToolTip("Measure the nucleus diameter in the nucleus stain and fill the sizes.")
+        self.preview_button = QPushButton("Preview")
+        self.preview_button.setToolTip("Segment a 512-px window at the centre of the view, quickly, with these settings.")
         self.segment_button = QPushButton("Segment cells")
         self.segment_button.setToolTip("Find nuclei, then grow each into its cell. Result: the 'cells' layer.")
         self.labels_source = QComboBox()
@@ -145,7 +158,13 @@ class ImagePanel(QWidget):
         sizes = QFormLayout()
         sizes.addRow("Nucleus diameter", self.nucleus_diameter)
         sizes.addRow("Cell diameter", self.cell_diameter)
+        sizes.addRow("Cell stain", self.cell_stain)
+        sizes.addRow(self.keep_border)
         layout.addLayout(sizes)
+        quick = QHBoxLayout()
+        quick.addWidget(self.measure_button)
+        quick.addWidget(self.preview_button)
+        layout.addLayout(quick)
         layout.addWidget(self.segment_button)
         existing = QHBoxLayout()
         existing.addWidget(QLabel("or labels"))
@@ -156,6 +175,8 @@ class ImagePanel(QWidget):
         self.source.currentIndexChanged.connect(lambda _=None: self._on_source_changed())
         self.axis.valueChanged.connect(lambda _=None: self._rebuild_channels())
         self.segment_button.clicked.connect(lambda _=False: self.segment())
+        self.measure_button.clicked.connect(lambda _=False: self.measure())
+        self.preview_button.clicked.connect(lambda _=False: self.preview())
         self.use_labels_button.clicked.connect(lambda _=False: self.use_labels_layer())
 
     def _watch_layers(self) -> None:
@@ -291,14 +312,55 @@ class ImagePanel(QWidget):
         if not self.runner.ensure_idle():
             return
         self.apply_image()
-        params = SegmentationParams(nucleus_diameter=self.nucleus_diameter.value(),
-                                    cell_diameter=self.cell_diameter.value())
+        params = self.segmentation_params()
         session, image = self.state.session, self.state.session.image
         self.runner.run(
             "Segmenting cells",
-            lambda progress, cancel: session.segment(params, progress=progress, cancel=cancel),
-            lambda labels: self._cells_found(image, labels),
+            lambda progress, cancel: session.find_cells(params, progress=progress, cancel=cancel),
+            lambda found: self._segmented(image, found),
         )
+
+    def segmentation_params(self):
+        from ..core.segmentation import SegmentationParams
+
+        stain = self.cell_stain.currentText()
+        return SegmentationParams(nucleus_diameter=self.nucleus_diameter.value() or None,
+                                  cell_diameter=self.cell_diameter.value() or None,
+                                  cytoplasm_stain=None if stain == AUTO else stain,
+                                  keep_border_cells=self.keep_border.isChecked())
+
+    @reports_errors("Measuring the nucleus size")
+    def measure(self) -> None:
+        """Fill the size fields with the nucleus diameter measured in the nucleus stain."""
+        from ..core.segmentation import SegmentationParams
+
+        self.apply_image()
+        image = self.state.session.image
+        params, notes = SegmentationParams().measured(image.channel(NUCLEUS))
+        self.nucleus_diameter.setValue(round(params.nucleus_px))
+        self.cell_diameter.setValue(round(params.cell_px))
+        for note in notes:
+            notify_info(note)
+
+    @reports_errors("Previewing the cells")
+    def preview(self) -> None:
+        """Segment the window at the centre of the view; shown as the 'cells preview' layer."""
+        from ..core.segmentation import segment_region
+
+        self.apply_image()
+        image = self.state.session.image
+        centre = tuple(self.viewer.camera.center)[-2:]
+        found, (top, left) = segment_region(image, self.segmentation_params(), centre)
+        if PREVIEW in self.viewer.layers:
+            self.viewer.layers.remove(PREVIEW)
+        self.viewer.add_labels(found.cells, name=PREVIEW, translate=(top, left), opacity=0.5)
+        notify_info(f"Preview: {int(found.cells.max())} cells in the window. " + " ".join(found.notes))
+        return found
+
+    def _segmented(self, image, found) -> None:
+        for note in found.notes:
+            (notify_warning if note.startswith("warning:") else notify_info)(note)
+        self._cells_found(image, found.cells)
 
     @reports_errors("Using the label image")
     def use_labels_layer(self) -> None:
@@ -338,7 +400,8 @@ def _set_items(box: QComboBox, items: Sequence[str], keep: str) -> None:
 
 def _spin(value: float, tip: str) -> QDoubleSpinBox:
     spin = QDoubleSpinBox()
-    spin.setRange(2.0, 2000.0)
+    spin.setRange(0.0, 2000.0)
+    spin.setSpecialValueText(AUTO)  # 0: measured from the image
     spin.setDecimals(0)
     spin.setSuffix(" px")
     spin.setValue(value)
