@@ -28,13 +28,14 @@ def embed_cells(image, labels: np.ndarray, backbone: LoadedBackbone, settings: E
         from ..segmentation import CellTable
 
         table = CellTable.from_labels(labels)
-    key = embedding_signature("cells", image, hash_array(labels), backbone, settings)
+    window = settings.window_for(table)
+    key = embedding_signature("cells", image, hash_array(labels), backbone, settings, window=window)
     total = len(table.label)
     embedder = Embedder(backbone, settings)
     cached = _from_cache(cache, key, progress, total, np.asarray(table.label), embedder.output_dim(stains))
     if cached is not None:
         return cached
-    batches = iter_cell_crops(image, labels, table, settings.crop_size, settings.mask_background, settings.batch_size)
+    batches = iter_cell_crops(image, labels, table, window, settings.mask_background, settings.batch_size)
     ids, vectors = run_batches(embedder, batches, stains, total, progress, cancel, "Embedding cells")
     result = Embeddings(ids, vectors, result_signature(key, embedder, vectors))
     _to_cache(cache, key, result)
