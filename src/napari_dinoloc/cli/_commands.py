@@ -35,6 +35,7 @@ def embed_settings(args):
     from ..core.embedding import EmbedSettings
 
     return EmbedSettings(strategy=args.strategy, embedding=args.embedding, crop_size=args.crop_size,
+                         crop_cells=getattr(args, "crop_cells", EmbedSettings.crop_cells),
                          input_size=args.input_size, mask_background=not args.keep_background,
                          batch_size=args.batch_size, device=args.device, precision=args.precision)
 
@@ -96,9 +97,9 @@ def bundle_out(path):
 
 
 def load_backbone(args):
-    from ..core.backbones import load_backbone as load
+    from ..core.classic import load_features
 
-    return load(args.backbone, weights=args.weights, device=args.device)
+    return load_features(args.backbone, weights=args.weights, device=args.device)
 
 
 # ---- subcommands ----------------------------------------------------------------------------------
@@ -166,11 +167,14 @@ def cmd_evaluate(args) -> int:
 
     if args.finetune:
         return cmd_compare(args)
-    cells = _training_set(args)
+    cells = _training_set(args, baseline=True)
     plan = reports.EvaluationPlan(cells.vectors, cells.classes, None, args.head, args.folds, seed=args.seed,
-                                  fractions=args.fractions)
+                                  fractions=args.fractions, groups=cells.images, baseline=cells.baseline)
     report = reports.evaluate(plan, progress=TextProgress(), curve=False)
     print(report.evaluations["frozen"].format_table())
+    if reports.BASELINE in report.evaluations:
+        print(f"\n== {reports.CAPTIONS[reports.BASELINE]} ==\n{report.evaluations[reports.BASELINE].format_table()}")
+        print(reports.baseline_line(report))
     if args.fractions:
         report.curve = reports.low_shot(plan)
         for line in reports.curve_lines(report.curve):
@@ -196,13 +200,16 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _training_set(args):
+def _training_set(args, baseline: bool = False):
+    """The annotated cells' embeddings; with ``baseline``, also their classic features (unless those are chosen)."""
+    from ..core.classic import CLASSIC, load_features
     from ..core.workflows.training import embedded_sessions, training_set
 
     plan = preflight(args, out_dirs=[args.out_dir] if args.out_dir else [], annotations=args.annotations,
                      need_classes=True)
     sessions = embedded_sessions(plan.jobs, options(args), load_backbone(args), cache(args), TextProgress())
-    return training_set(sessions, args.annotations, note)
+    classic = load_features(CLASSIC) if baseline and args.backbone != CLASSIC else None
+    return training_set(sessions, args.annotations, note, baseline=classic)
 
 
 def _write_report(args, report) -> None:

@@ -75,19 +75,24 @@ def image_options() -> argparse.ArgumentParser:
 
 
 def model_options() -> argparse.ArgumentParser:
-    from ..core.backbones import BACKBONES
+    from ..core.classic import feature_choices
     from ..core.devices import DEVICE_CHOICES, PRECISIONS
     from ..core.embedding import EMBEDDING_TYPES, EmbedSettings
     from ..core.strategies import STRATEGIES
 
     d = EmbedSettings()
     parser = Parser(add_help=False, formatter_class=FORMATTER)
-    parser.add_argument("--backbone", default=BACKBONES.default, choices=BACKBONES.names(), metavar="NAME", action=StoreGiven,
-                        help=f"backbone: {', '.join(BACKBONES.names())} (dinoloc backbones describes them)")
+    from ..core.backbones import BACKBONES
+
+    parser.add_argument("--backbone", default=BACKBONES.default, choices=feature_choices(), metavar="NAME", action=StoreGiven,
+                        help=f"backbone: {', '.join(BACKBONES.names())}; classic: hand-crafted features; NAME+classic: "
+                             "both, each block standardised (dinoloc backbones describes them)")
     parser.add_argument("--weights", type=Path, help="local weights file (DINO checkpoint, .pth state dict or .safetensors)")
     parser.add_argument("--strategy", default=d.strategy, choices=STRATEGIES.names(), help="how the stains enter the backbone")
     parser.add_argument("--embedding", default=d.embedding, choices=EMBEDDING_TYPES)
-    parser.add_argument("--crop-size", type=positive_int, help="crop size in image pixels (default: the backbone's input size)")
+    parser.add_argument("--crop-size", type=positive_int, help="fixed crop size in image pixels (default: --crop-cells median cell diameters)")
+    parser.add_argument("--crop-cells", type=positive_float, default=d.crop_cells,
+                        help="without --crop-size: the crop window in median cell diameters of each image")
     parser.add_argument("--input-size", type=positive_int, help="size crops are resized to (default: the backbone's)")
     parser.add_argument("--keep-background", action="store_true", help="keep pixels outside the cell instead of zeroing them")
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)

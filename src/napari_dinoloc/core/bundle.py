@@ -364,6 +364,8 @@ def bundle_for_head(head: Head, backbone, stains: Sequence[str], settings, class
     if backbone.is_finetuned:  # the bundle must carry the fine-tuned weights themselves
         state = numpy_state(backbone.model)
         extra = {"finetune": {"base_weights_hash": backbone.base_weights_hash}}
+    if getattr(backbone, "is_classic", False):  # the classic features' training statistics
+        extra = {**extra, **backbone.bundle_extra()}
     return ModelBundle(
         head=head, backbone_name=backbone.name, weights_hash=backbone.weights_hash, stains=tuple(stains),
         strategy=resolved.strategy, embedding=resolved.embedding, crop_size=resolved.crop_size,
@@ -401,10 +403,12 @@ def embed_settings_for(bundle: ModelBundle, base):
 
 def backbone_for_bundle(bundle: ModelBundle, weights=None, device: str = "auto"):
     """The backbone the bundle's head expects: same weights (checked by hash), fine-tuned if it was."""
-    from .backbones import load_backbone
+    from .classic import is_classic_name, load_features
 
     base_hash = bundle.extra.get("finetune", {}).get("base_weights_hash", bundle.weights_hash)
-    backbone = load_backbone(bundle.backbone_name, weights=weights, device=device)
+    backbone = load_features(bundle.backbone_name, weights=weights, device=device)
+    if is_classic_name(bundle.backbone_name):
+        backbone.restore(bundle.extra)
     if backbone.weights_hash != base_hash:
         raise DinolocError(
             f"This model was made with {bundle.backbone_name} weights {base_hash[:24]}, but the weights loaded are "

@@ -77,7 +77,7 @@ class Session:
 
     def get_backbone(self, name: str, weights=None, device: str = "auto"):
         """The loaded backbone for this choice, reusing the current one when it is the same."""
-        from .backbones import load_backbone
+        from .classic import load_features as load_backbone
 
         current = self.backbone
         if current is not None and getattr(current, "_choice", None) == (name, str(weights or ""), device):

@@ -21,7 +21,11 @@ from ._signature import embedding_signature, result_signature
 def embed_cells(image, labels: np.ndarray, backbone: LoadedBackbone, settings: EmbedSettings = EmbedSettings(),
                 cache=None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                 table=None) -> Embeddings:
-    """One embedding per cell of ``labels`` (``table``: the CellTable of ``labels``, computed if not given)."""
+    """One embedding per cell of ``labels`` (``table``: the CellTable of ``labels``, computed if not given).
+
+    A feature extractor with its own ``embed_cells`` (the classic features) is handed the work."""
+    if getattr(backbone, "is_classic", False):
+        return backbone.embed_cells(image, labels, settings, cache=cache, progress=progress, cancel=cancel, table=table)
     settings = settings.resolved(backbone)
     stains = validate_stains(image.stains, image.data.shape[0], need_protein=False)
     if table is None:
