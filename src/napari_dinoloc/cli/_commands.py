@@ -16,7 +16,7 @@ def run_options(args):
 
     embed = embed_settings(args) if hasattr(args, "strategy") else None  # segment has no model options
     return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=segmentation_params(args),
-                      embed=embed, notify=note)
+                      embed=embed, notify=note, crop_mask=getattr(args, "crop_mask", "whole"))
 
 
 def segmentation_params(args):
@@ -59,9 +59,40 @@ def cache(args):
 
 
 def jobs(args):
-    from ..core.batch import image_jobs
+    from ..core.batch import crop_jobs, image_jobs
 
+    if getattr(args, "crops", False):
+        if args.labels:
+            raise DinolocError("Single-cell crops need no --labels: each crop is one cell (see --crop-mask).")
+        return [job for path in args.images for job in crop_jobs(path)]
     return image_jobs(args.images, args.labels)
+
+
+def crop_annotations(args) -> None:
+    """With --crops, --annotations may be the crop folder (classes from sub-folders) or a file,class CSV:
+    either becomes an image,label,class file in a temporary folder that lives as long as ``args``."""
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    from ..core.crop_inputs import list_crops, write_crop_classes
+
+    given = getattr(args, "annotations", None)
+    if not getattr(args, "crops", False) or given is None:
+        return
+    given = Path(given)
+    if given.is_file():
+        with open(given, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+        if not {"file", "class"} <= {h.strip() for h in header}:
+            return  # already image,label,class
+    crops = [c for path in args.images for c in list_crops(path, None if given.is_dir() else given)]
+    args.crop_folder = tempfile.TemporaryDirectory(prefix="dinoloc-crops-")
+    written = write_crop_classes(crops, Path(args.crop_folder.name) / "classes.csv")
+    if written is None:
+        raise DinolocError(f"No crop has a class in {given}: put crops in one sub-folder per class, or give a CSV "
+                           "with columns file,class.")
+    args.annotations = written
 
 
 def options(args):
@@ -278,4 +309,5 @@ COMMANDS = {
 def run(args) -> int:
     if args.command not in COMMANDS:
         raise DinolocError(f"Unknown command {args.command!r}.")
+    crop_annotations(args)
     return COMMANDS[args.command](args)

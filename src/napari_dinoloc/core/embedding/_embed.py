@@ -32,7 +32,7 @@ def embed_cells(image, labels: np.ndarray, backbone: LoadedBackbone, settings: E
         from ..segmentation import CellTable
 
         table = CellTable.from_labels(labels)
-    window = settings.window_for(table)
+    window = settings.window_for(table, image.shape)
     key = embedding_signature("cells", image, hash_array(labels), backbone, settings, window=window)
     total = len(table.label)
     embedder = Embedder(backbone, settings)

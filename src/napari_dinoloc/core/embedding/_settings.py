@@ -63,9 +63,13 @@ class EmbedSettings:
             raise DinolocError(f"The crop window must be a positive number of cell diameters (got {settings.crop_cells}).")
         return settings
 
-    def window_for(self, table) -> int:
-        """The crop window in pixels for the cells of ``table``: the fixed crop size, else from their size."""
-        return int(self.crop_size) if self.crop_size else cell_crop_size(table, self.crop_cells)
+    def window_for(self, table, image_shape=None) -> int:
+        """The crop window in pixels for the cells of ``table``: the fixed crop size, else from their size
+        (never larger than the image: a single-cell crop is its own window)."""
+        if self.crop_size:
+            return int(self.crop_size)
+        window = cell_crop_size(table, self.crop_cells)
+        return min(window, max(image_shape)) if image_shape else window
 
     @classmethod
     def from_signature(cls, signature: Mapping, base: "EmbedSettings | None" = None) -> "EmbedSettings":

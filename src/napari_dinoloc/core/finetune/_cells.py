@@ -63,7 +63,7 @@ def _crops_of(image, labels, wanted: Mapping[int, str], embed_settings: EmbedSet
     rows = np.flatnonzero(np.isin(table.label, list(wanted)))
     if len(rows) == 0:
         return
-    window = embed_settings.window_for(table)  # from the cell size of this image unless fixed
+    window = embed_settings.window_for(table, image.shape)  # from the cell size of this image unless fixed
     batches = iter_cell_crops(image, labels, _table_rows(table, rows), window,
                               embed_settings.mask_background, embed_settings.batch_size)
     for ids, batch in batches:
