@@ -46,3 +46,25 @@ def test_measure_preview_and_cell_stain(make_napari_viewer, qtbot):
     cells = find_layer(viewer, CELLS).data
     assert cells.max() > 5
     assert not np.any(np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]]))  # border cells dropped
+
+
+def test_crops_folder_opens_as_cells_with_classes(make_napari_viewer, qtbot, tmp_path):
+    import tifffile
+
+    from napari_dinoloc.widgets.crops_input import open_crops
+
+    rng = np.random.default_rng(0)
+    for cls in ("golgi", "er"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            crop = np.zeros((2, 40, 40), np.uint16)
+            crop[0, 10:30, 10:30] = 1000 + rng.integers(0, 100, (20, 20))
+            crop[1, 5:35, 5:35] = 500 + rng.integers(0, 100, (30, 30))
+            tifffile.imwrite(tmp_path / cls / f"c{i}.tif", crop)
+    viewer = make_napari_viewer()
+    dock = DinolocWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    mosaic = open_crops(dock.image_panel, tmp_path)
+    assert dock.state.session.labels.max() == 6 and mosaic.names[0] == "er/c0.tif"
+    assert dock.state.session.image.stains == ("nucleus", "protein")
+    assert sorted(dock.state.annotations.annotations.values()) == ["er"] * 3 + ["golgi"] * 3

@@ -157,8 +157,7 @@ def check_channel_counts(crops: Sequence[CropSource]) -> None:
     """Every crop has the same number of channels; the first that differs is named."""
     first = None
     for crop in crops:
-        data = read_crop(crop)
-        channels = data.shape[0] if data.ndim == 3 else 1
+        channels = _channels(read_crop(crop))
         if first is None:
             first = (crop.name, channels)
         elif channels != first[1]:
@@ -178,3 +177,42 @@ def write_crop_classes(crops: Sequence[CropSource], path) -> Optional[Path]:
         writer.writerow(["image", "label", "class"])
         writer.writerows(rows)
     return Path(path)
+
+
+#: Empty pixels between crops in a mosaic, so that no crop's window reaches into its neighbour's cell.
+MOSAIC_GAP = 8
+
+
+@dataclass
+class CropMosaic:
+    """Crops laid out on a grid as one image (for the viewer): pixels, one label per crop, names, classes."""
+
+    data: np.ndarray            # (C, Y, X) float32, each crop scaled to [0, 1] on its own
+    labels: np.ndarray          # (Y, X) int32: crop k is label k + 1 (whole crop or its foreground)
+    names: list[str]            # crop file of each label, in label order
+    classes: dict[int, str]     # label -> class, for crops with a class
+
+
+def crop_mosaic(path, mask: str = "whole", classes_csv=None) -> CropMosaic:
+    """The crops of a folder or stack as one mosaic image, row by row in file order."""
+    from .images import make_cell_image
+
+    crops = list_crops(path, classes_csv)
+    check_channel_counts(crops)
+    images = [make_cell_image(read_crop(c), ["other"] * _channels(read_crop(c)), c.name) for c in crops]
+    side = max(max(im.shape) for im in images) + MOSAIC_GAP
+    columns = int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / columns))
+    data = np.zeros((images[0].n_channels, rows * side, columns * side), np.float32)
+    labels = np.zeros(data.shape[1:], np.int32)
+    for k, image in enumerate(images):
+        top, left = (k // columns) * side, (k % columns) * side
+        height, width = image.shape
+        data[:, top:top + height, left:left + width] = image.data
+        labels[top:top + height, left:left + width] = crop_labels(image, mask) * (k + 1)
+    classes = {k + 1: c.cls for k, c in enumerate(crops) if c.cls}
+    return CropMosaic(data, labels, [c.name for c in crops], classes)
+
+
+def _channels(data: np.ndarray) -> int:
+    return data.shape[0] if data.ndim == 3 else 1

@@ -146,6 +146,9 @@ class ImagePanel(QWidget):
         self.labels_source = QComboBox()
         self.labels_source.setToolTip("A label image you already have (0 = background, one id per cell).")
         self.use_labels_button = QPushButton("Use these cells")
+        self.crops_button = QPushButton("Open single-cell crops…")
+        self.crops_button.setToolTip("A folder of crops (one cell per file; classes from sub-folder names) shown as a "
+                                     "mosaic: each crop is one cell, annotated with its folder's class.")
 
         form = QFormLayout()
         form.addRow("Image", self.source)
@@ -171,6 +174,7 @@ class ImagePanel(QWidget):
         existing.addWidget(self.labels_source, 1)
         existing.addWidget(self.use_labels_button)
         layout.addLayout(existing)
+        layout.addWidget(self.crops_button)
 
         self.source.currentIndexChanged.connect(lambda _=None: self._on_source_changed())
         self.axis.valueChanged.connect(lambda _=None: self._rebuild_channels())
@@ -178,6 +182,7 @@ class ImagePanel(QWidget):
         self.measure_button.clicked.connect(lambda _=False: self.measure())
         self.preview_button.clicked.connect(lambda _=False: self.preview())
         self.use_labels_button.clicked.connect(lambda _=False: self.use_labels_layer())
+        self.crops_button.clicked.connect(lambda _=False: self.choose_crops())
 
     def _watch_layers(self) -> None:
         events = self.viewer.layers.events
@@ -328,6 +333,16 @@ class ImagePanel(QWidget):
                                   cell_diameter=self.cell_diameter.value() or None,
                                   cytoplasm_stain=None if stain == AUTO else stain,
                                   keep_border_cells=self.keep_border.isChecked())
+
+    @reports_errors("Opening the crops")
+    def choose_crops(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        from .crops_input import open_crops
+
+        folder = QFileDialog.getExistingDirectory(self, "Folder of single-cell crops")
+        if folder:
+            open_crops(self, folder)
 
     @reports_errors("Measuring the nucleus size")
     def measure(self) -> None:
