@@ -28,7 +28,8 @@ def segmentation_params(args):
     cell = to_pixels(getattr(args, "cell_diameter_um", None), pixel_size, "cell diameter") or args.cell_diameter
     return SegmentationParams(nucleus_diameter=nucleus, cell_diameter=cell,
                               cytoplasm_stain=getattr(args, "cell_stain", None),
-                              keep_border_cells=getattr(args, "keep_border_cells", False))
+                              keep_border_cells=getattr(args, "keep_border_cells", False),
+                              segmenter=getattr(args, "segmenter", "builtin"))
 
 
 def embed_settings(args):

@@ -70,6 +70,8 @@ def image_options() -> argparse.ArgumentParser:
     parser.add_argument("--cell-stain", choices=[MICROTUBULES, ER, OTHER, ALL_STAINS, NO_CELL_STAIN],
                         help="stain the cell outlines come from, never the protein (default: microtubules, er, then "
                              "another non-nucleus stain; all: every non-protein stain; none: a ring around each nucleus)")
+    parser.add_argument("--segmenter", choices=["builtin", "cellpose"], default="builtin",
+                        help="cell outlines: the built-in watershed, or Cellpose (pip install cellpose) on the cell and nucleus stains")
     parser.add_argument("--crops", action="store_true",
                         help="the images are single-cell crops: a folder of crop files (classes from sub-folder names) "
                              "or a stack file (N, C, H, W) in .tif or .npy; --annotations may then be the crop folder "

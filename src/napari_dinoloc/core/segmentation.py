@@ -48,6 +48,7 @@ MIN_NUCLEUS_CONTRAST = 3.5
 #: Cells grown on a cell stain cover at least this many times the nuclei's area (real nuclei take a
 #: quarter to a half of a cell); less suggests the "nucleus" channel holds a cell-wide stain.
 NUCLEI_FILL_CELLS = 1.3
+SEGMENTERS = ("builtin", "cellpose")
 #: Size used where a size is needed but none was given nor measured.
 FALLBACK_NUCLEUS_DIAMETER = 28.0
 #: Nuclei covering more of the image than this are more likely another stain (swapped channels).
@@ -61,8 +62,11 @@ class SegmentationParams:
     min_cell_area: int | None = None  # default derived from nucleus_diameter
     cytoplasm_stain: str | None = None  # the cell stain; None: microtubules, er, any other; "all"; "none"
     keep_border_cells: bool = False  # cells cut by the image border are dropped unless kept
+    segmenter: str = "builtin"  # "builtin" (watershed from the nuclei) or "cellpose" (optional package)
 
     def __post_init__(self) -> None:
+        if self.segmenter not in SEGMENTERS:
+            raise DinolocError(f"Unknown segmenter {self.segmenter!r}: choose one of {', '.join(SEGMENTERS)}.")
         if self.nucleus_diameter is not None and not self.nucleus_diameter > 2:
             raise DinolocError(f"The nucleus diameter must be more than 2 pixels (got {self.nucleus_diameter}).")
         if self.cytoplasm_stain == PROTEIN:
@@ -142,7 +146,13 @@ def segment(image: "CellImage", params: SegmentationParams = SegmentationParams(
     check_cancel(cancel)
     report(progress, 1, 3, "Growing cells from nuclei")
     stain = cell_stain_of(image, params)
-    cells, note = grow_from_nuclei(image, nuclei, stain, params)
+    if params.segmenter == "cellpose":
+        from .cellpose_backend import cellpose_cells
+
+        cell_plane = None if stain in (None, NO_CELL_STAIN, ALL_STAINS) else image.channel(stain)
+        cells, note = cellpose_cells(cell_plane, nucleus, params.cell_px), "cells found by Cellpose."
+    else:
+        cells, note = grow_from_nuclei(image, nuclei, stain, params)
     notes += [note] if note else []
     if stain not in (None, NO_CELL_STAIN) and (cells > 0).sum() < NUCLEI_FILL_CELLS * (nuclei > 0).sum():
         notes.append(f"warning: the nuclei fill their cells (the {stain} outlines hardly reach beyond them): the "

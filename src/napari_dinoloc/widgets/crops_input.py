@@ -8,19 +8,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._workers import notify_info
+from ._workers import notify_info, reports_errors
 
 CROP_CELLS = "crop cells"
+
+
+@reports_errors("Opening the crops")
+def choose_crops(panel) -> None:
+    """Ask for a folder of crops and open it in ``panel``'s viewer."""
+    from qtpy.QtWidgets import QFileDialog
+
+    folder = QFileDialog.getExistingDirectory(panel, "Folder of single-cell crops")
+    if folder:
+        open_crops(panel, folder)
 
 
 def open_crops(panel, path, mask: str = "whole") -> object:
     """Lay the crops of ``path`` out in ``panel``'s viewer, use them as the cells, annotate their classes."""
     from ..core.crop_inputs import crop_mosaic
-    from .image_panel import default_channel_stains
+    from ..core.stains import conventional_stains
 
     mosaic = crop_mosaic(path, mask)
     viewer = panel.viewer
-    stains = default_channel_stains(mosaic.data.shape[0])
+    stains = conventional_stains(mosaic.data.shape[0])
     for stain, plane in zip(stains, mosaic.data):
         viewer.add_image(plane, name=f"crops {stain}")
     viewer.add_labels(mosaic.labels, name=CROP_CELLS)

@@ -13,9 +13,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DinolocError
-from ..core.stains import HPA_SLOTS, NUCLEUS, OTHER, PROTEIN, RGB_SLOTS, STAINS
+from ..core.stains import NUCLEUS, OTHER, PROTEIN, STAINS, conventional_stains
 from ..core.workflows.images import NOT_USED
 from ._layers import CELLS, DERIVED_LAYERS
+from .crops_input import choose_crops
 from ._workers import notify_info, notify_warning, reports_errors
 
 SEPARATE_LAYERS = "Separate layers, one per stain"
@@ -53,8 +54,7 @@ def guess_stains(names: Sequence[str], fallback: str = OTHER) -> list[str]:
 
 def default_channel_stains(n_channels: int) -> list[str]:
     """Conventional orders: HPA (4 channels), RGB composites (3), nucleus + protein (2)."""
-    known = {4: list(HPA_SLOTS), 3: list(RGB_SLOTS), 2: [NUCLEUS, PROTEIN], 1: [PROTEIN]}
-    return known.get(n_channels, [OTHER] * n_channels)
+    return list(conventional_stains(n_channels))
 
 
 def channel_axis_guess(layer) -> int:
@@ -137,6 +137,10 @@ class ImagePanel(QWidget):
         self.cell_stain.setToolTip("Stain the cell outlines come from, never the protein. auto: microtubules, er, then "
                                    "another non-nucleus stain; all: every non-protein stain; none: a ring around each nucleus.")
         self.keep_border = QCheckBox("Keep cells cut by the border")
+        self.segmenter = QComboBox()
+        self.segmenter.addItems(["builtin", "cellpose"])
+        self.segmenter.setToolTip("builtin: watershed from the nuclei; cellpose: Cellpose on the cell and nucleus stains "
+                                  "(needs 'pip install cellpose').")
         self.measure_button = QPushButton("Measure")
         self.measure_button.setToolTip("Measure the nucleus diameter in the nucleus stain and fill the sizes.")
         self.preview_button = QPushButton("Preview")
@@ -162,6 +166,7 @@ class ImagePanel(QWidget):
         sizes.addRow("Nucleus diameter", self.nucleus_diameter)
         sizes.addRow("Cell diameter", self.cell_diameter)
         sizes.addRow("Cell stain", self.cell_stain)
+        sizes.addRow("Segmenter", self.segmenter)
         sizes.addRow(self.keep_border)
         layout.addLayout(sizes)
         quick = QHBoxLayout()
@@ -182,7 +187,7 @@ class ImagePanel(QWidget):
         self.measure_button.clicked.connect(lambda _=False: self.measure())
         self.preview_button.clicked.connect(lambda _=False: self.preview())
         self.use_labels_button.clicked.connect(lambda _=False: self.use_labels_layer())
-        self.crops_button.clicked.connect(lambda _=False: self.choose_crops())
+        self.crops_button.clicked.connect(lambda _=False: choose_crops(self))
 
     def _watch_layers(self) -> None:
         events = self.viewer.layers.events
@@ -332,17 +337,8 @@ class ImagePanel(QWidget):
         return SegmentationParams(nucleus_diameter=self.nucleus_diameter.value() or None,
                                   cell_diameter=self.cell_diameter.value() or None,
                                   cytoplasm_stain=None if stain == AUTO else stain,
-                                  keep_border_cells=self.keep_border.isChecked())
-
-    @reports_errors("Opening the crops")
-    def choose_crops(self) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        from .crops_input import open_crops
-
-        folder = QFileDialog.getExistingDirectory(self, "Folder of single-cell crops")
-        if folder:
-            open_crops(self, folder)
+                                  keep_border_cells=self.keep_border.isChecked(),
+                                  segmenter=self.segmenter.currentText())
 
     @reports_errors("Measuring the nucleus size")
     def measure(self) -> None:
