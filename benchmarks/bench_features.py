@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--hpa-nucleus-diameter", type=float, default=None,
                         help="segmentation size for the HPA composites (default: measured from each image)")
     parser.add_argument("--hpa-cell-diameter", type=float, default=None)
+    parser.add_argument("--keep-border-cells", action="store_true",
+                        help="keep cells cut by the image border (the composites show 1-4 cells, most of them cut)")
     parser.add_argument("--sets", default="hpa,synthetic")
     parser.add_argument("--cache", default=None, help="embedding cache folder (reruns skip the ViT)")
     args = parser.parse_args()
@@ -138,12 +140,12 @@ def main() -> None:
     say = lambda text: print(text, flush=True)  # noqa: E731
     cache = EmbeddingCache(args.cache) if args.cache else None
     backbone = load_backbone(args.backbone, device="cpu")
-    params = SegmentationParams(args.hpa_nucleus_diameter, args.hpa_cell_diameter)
+    params = SegmentationParams(args.hpa_nucleus_diameter, args.hpa_cell_diameter, keep_border_cells=args.keep_border_cells)
     loaders = {
         "hpa": lambda: hpa_composite_cells(max_cells=args.max_cells, params=params),
         "synthetic": lambda: synthetic_cells(range(args.synthetic_seeds), args.synthetic_size, args.max_cells),
     }
-    report = {"command": " ".join(sys.argv), "backbone": args.backbone, "hpa_segmentation": {"nucleus_diameter": params.nucleus_diameter, "cell_diameter": params.cell_diameter}, "sets": {}}
+    report = {"command": " ".join(sys.argv), "backbone": args.backbone, "hpa_segmentation": {"nucleus_diameter": params.nucleus_diameter, "cell_diameter": params.cell_diameter, "keep_border_cells": params.keep_border_cells}, "sets": {}}
     start = time.perf_counter()
     for name in args.sets.split(","):
         report["sets"][name] = run_set(name, loaders[name](), backbone, args.folds, cache, say)

@@ -65,12 +65,15 @@ def real(data: Path) -> None:
         nuclei_ref, cells_ref = reference(data / "Plate_2_masks", well)
         image = field_image(data / "Plate_2_images", well)
         start = time.perf_counter()
-        cells = segment_cells(image)
+        try:  # this engine: the nuclei and sizes the cells were made with
+            from napari_dinoloc.core.segmentation import segment
+
+            found = segment(image)
+            cells, nuclei = found.cells, found.nuclei
+        except ImportError:  # before: nuclei found again with the default sizes
+            cells = segment_cells(image)
+            nuclei = segment_nuclei(image.channel("nucleus"), SegmentationParams())
         seconds = time.perf_counter() - start
-        params = getattr(cells, "params", None) or SegmentationParams()
-        nuclei = getattr(cells, "nuclei", None)
-        if nuclei is None:
-            nuclei = segment_nuclei(image.channel("nucleus"), params)
         scores.append((f1(nuclei, nuclei_ref), f1(cells, cells_ref)))
         print(f"{well:>10} {nuclei_ref.max():>10} {scores[-1][0]:>10.2f} {len(np.unique(cells_ref)) - 1:>10} "
               f"{scores[-1][1]:>9.2f} {seconds:>6.1f}")
