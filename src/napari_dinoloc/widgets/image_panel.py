@@ -317,8 +317,6 @@ class ImagePanel(QWidget):
     # ---- the cells ------------------------------------------------------------------------------------
     @reports_errors("Segmenting cells")
     def segment(self) -> None:
-        from ..core.segmentation import SegmentationParams
-
         if not self.runner.ensure_idle():
             return
         self.apply_image()
