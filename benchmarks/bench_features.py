@@ -2,8 +2,8 @@
 
 Cross-validated macro-F1 with folds split by image (StratifiedGroupKFold: no image has cells on both
 sides), the same folds for every feature set, with two heads: kNN (cosine, DINO4Cells) and logistic
-regression (standardised features). The ViT runs with the crop window fitted to the cells
-(``demo.crop_size_for`` per image) and with the old fixed 224-px window.
+regression (standardised features). The ViT runs with the default crop window (2 median cell
+diameters of each image, ``EmbedSettings()``) and with the old fixed 224-px window.
 
     .venv/bin/python benchmarks/bench_features.py --out /tmp/features.json [--cache /tmp/emb-cache]
 """
@@ -24,7 +24,6 @@ from real_cells import CellSet, hpa_composite_cells, synthetic_cells  # noqa: E4
 
 from napari_dinoloc.core.classic import ClassicFeatures, combine  # noqa: E402
 from napari_dinoloc.core.classic.extractor import standardised_block  # noqa: E402
-from napari_dinoloc.core.demo import crop_size_for  # noqa: E402
 from napari_dinoloc.core.evaluation import confusion_matrix, f1_from_confusion  # noqa: E402
 from napari_dinoloc.core.files import write_json_atomic  # noqa: E402
 from napari_dinoloc.core.heads import make_head  # noqa: E402
@@ -68,9 +67,9 @@ def vit_vectors(cells: CellSet, backbone, crop: str, cache) -> tuple[np.ndarray,
 
     vectors, sizes = [], []
     for image, labels, table in zip(cells.images, cells.labels, cells.tables):
-        size = crop_size_for(table) if crop == "fitted" else 224
-        sizes.append(size)
-        vectors.append(embed_cells(image, labels, backbone, EmbedSettings(crop_size=size), cache=cache, table=table).vectors)
+        settings = EmbedSettings() if crop == "fitted" else EmbedSettings(crop_size=224)  # default: 2 cell diameters
+        sizes.append(settings.window_for(table, image.shape))
+        vectors.append(embed_cells(image, labels, backbone, settings, cache=cache, table=table).vectors)
     return np.concatenate(vectors), sizes
 
 
@@ -126,9 +125,11 @@ def main() -> None:
     parser.add_argument("--backbone", default="random")
     parser.add_argument("--synthetic-seeds", type=int, default=8)
     parser.add_argument("--synthetic-size", type=int, default=768)
-    parser.add_argument("--hpa-nucleus-diameter", type=float, default=SegmentationParams.nucleus_diameter,
-                        help="segmentation size for the HPA composites (default: the engine's default)")
-    parser.add_argument("--hpa-cell-diameter", type=float, default=SegmentationParams.cell_diameter)
+    parser.add_argument("--hpa-nucleus-diameter", type=float, default=None,
+                        help="segmentation size for the HPA composites (default: measured from each image)")
+    parser.add_argument("--hpa-cell-diameter", type=float, default=None)
+    parser.add_argument("--keep-border-cells", action="store_true",
+                        help="keep cells cut by the image border (the composites show 1-4 cells, most of them cut)")
     parser.add_argument("--sets", default="hpa,synthetic")
     parser.add_argument("--cache", default=None, help="embedding cache folder (reruns skip the ViT)")
     args = parser.parse_args()
@@ -139,12 +140,12 @@ def main() -> None:
     say = lambda text: print(text, flush=True)  # noqa: E731
     cache = EmbeddingCache(args.cache) if args.cache else None
     backbone = load_backbone(args.backbone, device="cpu")
-    params = SegmentationParams(args.hpa_nucleus_diameter, args.hpa_cell_diameter)
+    params = SegmentationParams(args.hpa_nucleus_diameter, args.hpa_cell_diameter, keep_border_cells=args.keep_border_cells)
     loaders = {
         "hpa": lambda: hpa_composite_cells(max_cells=args.max_cells, params=params),
         "synthetic": lambda: synthetic_cells(range(args.synthetic_seeds), args.synthetic_size, args.max_cells),
     }
-    report = {"command": " ".join(sys.argv), "backbone": args.backbone, "hpa_segmentation": {"nucleus_diameter": params.nucleus_diameter, "cell_diameter": params.cell_diameter}, "sets": {}}
+    report = {"command": " ".join(sys.argv), "backbone": args.backbone, "hpa_segmentation": {"nucleus_diameter": params.nucleus_diameter, "cell_diameter": params.cell_diameter, "keep_border_cells": params.keep_border_cells}, "sets": {}}
     start = time.perf_counter()
     for name in args.sets.split(","):
         report["sets"][name] = run_set(name, loaders[name](), backbone, args.folds, cache, say)

@@ -157,7 +157,7 @@ def synthetic_cells(seeds: Sequence[int] = range(8), size: int = 768, max_cells:
     takes the class of the ground-truth cell it overlaps most."""
     out = _Collector()
     for seed in seeds:
-        synthetic = make_field(seed=seed, shape=(size, size))
+        synthetic = make_field(seed=seed, shape=(size, size), cell_stain=True)  # outlines from a cell stain
         image = make_cell_image(synthetic.image, synthetic.stains, name=f"synthetic-{seed}")
         labels = segment_cells(image)
         truth = ground_truth_classes(labels, synthetic.labels, synthetic.cell_class)
@@ -177,8 +177,8 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Segmentation of the HPA composites, cells per image")
-    parser.add_argument("--nucleus-diameter", type=float, default=SegmentationParams.nucleus_diameter)
-    parser.add_argument("--cell-diameter", type=float, default=SegmentationParams.cell_diameter)
+    parser.add_argument("--nucleus-diameter", type=float, default=None, help="default: measured from each image")
+    parser.add_argument("--cell-diameter", type=float, default=None)
     args = parser.parse_args()
     start = time.perf_counter()
     cells = hpa_composite_cells(params=SegmentationParams(args.nucleus_diameter, args.cell_diameter), say=print)

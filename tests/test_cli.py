@@ -87,7 +87,8 @@ def test_predict_with_knn_on_annotations_streams_several_images(samples, tmp_pat
 
 
 def test_segment_writes_label_images(samples, tmp_path):
-    code = main(["segment", str(samples / "field_000.tif"), "--channels", "nucleus=0,protein=1", "--out-dir", str(tmp_path)])
+    code = main(["segment", str(samples / "field_000.tif"), "--channels", "nucleus=0,protein=1", "--out-dir", str(tmp_path),
+                 "--keep-border-cells"])  # compared with every ground-truth cell
     assert code == 0
     labels = tifffile.imread(tmp_path / "field_000_cells.tif")
     truth = tifffile.imread(samples / "field_000_labels.tif")
@@ -223,3 +224,13 @@ def test_help_shows_the_defaults_and_registry_choices(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "x.tif", "--annotations", "a.csv", "--out", "m.dinoloc", "--head", "forest"])
     assert exit_.value.code == 2 and "invalid choice: 'forest'" in capsys.readouterr().err
+
+
+def test_segment_drops_border_cells_and_says_how_many(samples, tmp_path, capsys):
+    code = main(["segment", str(samples / "field_000.tif"), "--channels", "nucleus=0,protein=1", "--out-dir", str(tmp_path),
+                 "--nucleus-diameter", "auto", "--cell-stain", "none"])
+    assert code == 0
+    labels = tifffile.imread(tmp_path / "field_000_cells.tif")
+    assert not np.any(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    err = capsys.readouterr().err
+    assert "touching the image border dropped" in err and "nucleus diameter measured" in err

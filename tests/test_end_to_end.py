@@ -9,18 +9,18 @@ from napari_dinoloc.core.demo import choose_annotated, ground_truth_classes
 from napari_dinoloc.core.embedding import EmbedSettings
 from napari_dinoloc.core.images import make_cell_image
 from napari_dinoloc.core.pipeline import Session
-from napari_dinoloc.core.segmentation import match_cells
+from napari_dinoloc.core.segmentation import SegmentationParams, match_cells
 from napari_dinoloc.core.synthetic import make_field
 from napari_dinoloc.core.table import columns, read_table, write_table
 
 
 def test_synthetic_field_to_per_cell_csv(tmp_path, monkeypatch):
     monkeypatch.setenv("DINOLOC_CACHE_DIR", str(tmp_path / "cache"))
-    field = make_field(seed=3, shape=(448, 448))
+    field = make_field(seed=3, shape=(448, 448), cell_stain=True)
     session = Session()
     session.set_image(make_cell_image(field.image, field.stains, name="fov"))
 
-    session.set_labels(session.segment())
+    session.set_labels(session.segment(SegmentationParams(keep_border_cells=True)))  # against every true cell
     assert match_cells(session.labels, field.labels, iou=0.5) >= 0.9
 
     session.set_backbone(load_backbone("random-tiny", device="cpu"))

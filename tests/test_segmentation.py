@@ -12,44 +12,54 @@ from napari_dinoloc.core.segmentation import (
     SegmentationParams,
     match_cells,
     prepare_labels,
+    segment,
     segment_cells,
     segment_nuclei,
 )
 from napari_dinoloc.core.synthetic import make_field
 
 
+KEEP_BORDER = SegmentationParams(keep_border_cells=True)  # compared with every ground-truth cell
+
+
 def field_image(field):
     return make_cell_image(field.image, field.stains, name="synthetic")
 
 
-def test_segments_the_shared_synthetic_field(synthetic_field):
+@pytest.fixture(scope="module")
+def stained_field():
+    """The shared synthetic field with a cell stain (microtubules) as a third channel."""
+    return make_field(seed=0, shape=(384, 384), cell_stain=True)
+
+
+def test_segments_the_shared_synthetic_field(stained_field):
     done = []
-    labels = segment_cells(field_image(synthetic_field), progress=lambda d, t, w: done.append((d, t)))
-    assert labels.dtype == np.int32 and labels.shape == synthetic_field.labels.shape
+    labels = segment_cells(field_image(stained_field), KEEP_BORDER, progress=lambda d, t, w: done.append((d, t)))
+    assert labels.dtype == np.int32 and labels.shape == stained_field.labels.shape
     np.testing.assert_array_equal(np.unique(labels[labels > 0]), np.arange(1, labels.max() + 1))
-    assert match_cells(labels, synthetic_field.labels) >= 0.9
+    assert match_cells(labels, stained_field.labels) >= 0.9
     assert done[-1][0] == done[-1][1]  # progress reached its end
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_matches_ground_truth_on_several_seeds(seed):
-    field = make_field(seed=seed, shape=(384, 384))
-    labels = segment_cells(field_image(field))
+    field = make_field(seed=seed, shape=(384, 384), cell_stain=True)
+    labels = segment_cells(field_image(field), KEEP_BORDER)
     assert match_cells(labels, field.labels) >= 0.9
 
 
 def test_matches_ground_truth_in_a_crowded_field():
     # As many cells as fit: nearly every cell touches a neighbour.
-    field = make_field(seed=4, shape=(320, 320), n_cells=300)
+    field = make_field(seed=4, shape=(320, 320), n_cells=300, cell_stain=True)
     touching = (field.labels[:, :-1] != field.labels[:, 1:]) & (field.labels[:, :-1] > 0) & (field.labels[:, 1:] > 0)
     assert len(np.unique(field.labels[:, :-1][touching])) > 0.6 * field.labels.max()
-    labels = segment_cells(field_image(field))
+    labels = segment_cells(field_image(field), KEEP_BORDER)
     assert match_cells(labels, field.labels) >= 0.9
 
 
 def test_matches_ground_truth_on_a_large_field():
-    field = make_field(seed=7, shape=(1024, 1024))
-    labels = segment_cells(field_image(field))
+    field = make_field(seed=7, shape=(1024, 1024), cell_stain=True)
+    labels = segment_cells(field_image(field), KEEP_BORDER)
     assert match_cells(labels, field.labels) >= 0.9
 
 
@@ -62,17 +72,24 @@ def test_nuclei_are_split_and_found(synthetic_field):
 
 def test_cells_grow_on_a_chosen_stain(synthetic_field):
     image = field_image(synthetic_field).with_stains(["nucleus", "er"])  # the second channel, renamed
-    labels = segment_cells(image, SegmentationParams(cytoplasm_stain="er"))
+    labels = segment_cells(image, SegmentationParams(cytoplasm_stain="er", keep_border_cells=True))
     assert match_cells(labels, synthetic_field.labels) >= 0.9
     with pytest.raises(DinolocError, match="no 'microtubules' channel"):
         segment_cells(image, SegmentationParams(cytoplasm_stain="microtubules"))
 
 
-def test_nucleus_only_image_gives_cells_around_nuclei(synthetic_field):
+def test_nucleus_only_image_gives_nuclei_as_cells_and_says_so(synthetic_field):
     image = make_cell_image(synthetic_field.image[:1], ["nucleus"])
-    labels = segment_cells(image)
-    assert labels.max() >= 0.9 * synthetic_field.labels.max()
-    assert (labels > 0).sum() > (synthetic_field.nuclei > 0).sum()  # cells are larger than nuclei
+    found = segment(image, KEEP_BORDER)
+    assert found.cells.max() >= 0.9 * synthetic_field.labels.max()
+    assert match_cells(found.cells, synthetic_field.nuclei) >= 0.9  # the cells are the nuclei
+    assert any("only a nucleus stain" in note for note in found.notes)
+
+
+def test_without_a_cell_stain_cells_are_a_ring_not_the_protein(synthetic_field):
+    found = segment(field_image(synthetic_field), KEEP_BORDER)
+    assert found.cell_stain is None and any("no cell stain" in note for note in found.notes)
+    assert (found.cells > 0).sum() > (found.nuclei > 0).sum()  # a ring around each nucleus
 
 
 def test_no_nucleus_channel_is_explained(synthetic_field):
@@ -84,7 +101,7 @@ def test_no_nucleus_channel_is_explained(synthetic_field):
 def test_no_cells_found_suggests_sizes():
     rng = np.random.default_rng(0)
     image = make_cell_image(rng.integers(100, 110, (2, 96, 96)).astype(np.uint16), ["nucleus", "protein"])
-    with pytest.raises(DinolocError, match="No (nuclei|cells) found.*nucleus diameter of 28 px.*sizes"):
+    with pytest.raises(DinolocError, match="No (nuclei|cells) found.*nucleus diameter of [0-9.]+ px.*sizes"):
         segment_cells(image)
 
 

@@ -13,18 +13,30 @@ from ._output import TextProgress, note, print_epoch, report_skips, say
 # ---- options -> engine objects --------------------------------------------------------------------
 def run_options(args):
     from ..core.batch import RunOptions
-    from ..core.segmentation import SegmentationParams
 
-    seg = {k: v for k, v in (("nucleus_diameter", args.nucleus_diameter), ("cell_diameter", args.cell_diameter)) if v}
     embed = embed_settings(args) if hasattr(args, "strategy") else None  # segment has no model options
-    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=SegmentationParams(**seg),
-                      embed=embed, notify=note)
+    return RunOptions(stains=args.channels, channel_axis=args.channel_axis, segmentation=segmentation_params(args),
+                      embed=embed, notify=note, crop_mask=getattr(args, "crop_mask", "whole"))
+
+
+def segmentation_params(args):
+    from ..core.segmentation import SegmentationParams
+    from ..core.sizes import to_pixels
+
+    pixel_size = getattr(args, "pixel_size", None)
+    nucleus = to_pixels(getattr(args, "nucleus_diameter_um", None), pixel_size, "nucleus diameter") or args.nucleus_diameter
+    cell = to_pixels(getattr(args, "cell_diameter_um", None), pixel_size, "cell diameter") or args.cell_diameter
+    return SegmentationParams(nucleus_diameter=nucleus, cell_diameter=cell,
+                              cytoplasm_stain=getattr(args, "cell_stain", None),
+                              keep_border_cells=getattr(args, "keep_border_cells", False),
+                              segmenter=getattr(args, "segmenter", "builtin"))
 
 
 def embed_settings(args):
     from ..core.embedding import EmbedSettings
 
     return EmbedSettings(strategy=args.strategy, embedding=args.embedding, crop_size=args.crop_size,
+                         crop_cells=getattr(args, "crop_cells", EmbedSettings.crop_cells),
                          input_size=args.input_size, mask_background=not args.keep_background,
                          batch_size=args.batch_size, device=args.device, precision=args.precision)
 
@@ -48,9 +60,40 @@ def cache(args):
 
 
 def jobs(args):
-    from ..core.batch import image_jobs
+    from ..core.batch import crop_jobs, image_jobs
 
+    if getattr(args, "crops", False):
+        if args.labels:
+            raise DinolocError("Single-cell crops need no --labels: each crop is one cell (see --crop-mask).")
+        return [job for path in args.images for job in crop_jobs(path)]
     return image_jobs(args.images, args.labels)
+
+
+def crop_annotations(args) -> None:
+    """With --crops, --annotations may be the crop folder (classes from sub-folders) or a file,class CSV:
+    either becomes an image,label,class file in a temporary folder that lives as long as ``args``."""
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    from ..core.crop_inputs import list_crops, write_crop_classes
+
+    given = getattr(args, "annotations", None)
+    if not getattr(args, "crops", False) or given is None:
+        return
+    given = Path(given)
+    if given.is_file():
+        with open(given, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+        if not {"file", "class"} <= {h.strip() for h in header}:
+            return  # already image,label,class
+    crops = [c for path in args.images for c in list_crops(path, None if given.is_dir() else given)]
+    args.crop_folder = tempfile.TemporaryDirectory(prefix="dinoloc-crops-")
+    written = write_crop_classes(crops, Path(args.crop_folder.name) / "classes.csv")
+    if written is None:
+        raise DinolocError(f"No crop has a class in {given}: put crops in one sub-folder per class, or give a CSV "
+                           "with columns file,class.")
+    args.annotations = written
 
 
 def options(args):
@@ -86,9 +129,9 @@ def bundle_out(path):
 
 
 def load_backbone(args):
-    from ..core.backbones import load_backbone as load
+    from ..core.classic import load_features
 
-    return load(args.backbone, weights=args.weights, device=args.device)
+    return load_features(args.backbone, weights=args.weights, device=args.device)
 
 
 # ---- subcommands ----------------------------------------------------------------------------------
@@ -156,11 +199,14 @@ def cmd_evaluate(args) -> int:
 
     if args.finetune:
         return cmd_compare(args)
-    cells = _training_set(args)
+    cells = _training_set(args, baseline=True)
     plan = reports.EvaluationPlan(cells.vectors, cells.classes, None, args.head, args.folds, seed=args.seed,
-                                  fractions=args.fractions)
+                                  fractions=args.fractions, groups=cells.images, baseline=cells.baseline)
     report = reports.evaluate(plan, progress=TextProgress(), curve=False)
     print(report.evaluations["frozen"].format_table())
+    if reports.BASELINE in report.evaluations:
+        print(f"\n== {reports.CAPTIONS[reports.BASELINE]} ==\n{report.evaluations[reports.BASELINE].format_table()}")
+        print(reports.baseline_line(report))
     if args.fractions:
         report.curve = reports.low_shot(plan)
         for line in reports.curve_lines(report.curve):
@@ -186,13 +232,16 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _training_set(args):
+def _training_set(args, baseline: bool = False):
+    """The annotated cells' embeddings; with ``baseline``, also their classic features (unless those are chosen)."""
+    from ..core.classic import CLASSIC, load_features
     from ..core.workflows.training import embedded_sessions, training_set
 
     plan = preflight(args, out_dirs=[args.out_dir] if args.out_dir else [], annotations=args.annotations,
                      need_classes=True)
     sessions = embedded_sessions(plan.jobs, options(args), load_backbone(args), cache(args), TextProgress())
-    return training_set(sessions, args.annotations, note)
+    classic = load_features(CLASSIC) if baseline and args.backbone != CLASSIC else None
+    return training_set(sessions, args.annotations, note, baseline=classic)
 
 
 def _write_report(args, report) -> None:
@@ -280,4 +329,5 @@ COMMANDS = {
 def run(args) -> int:
     if args.command not in COMMANDS:
         raise DinolocError(f"Unknown command {args.command!r}.")
+    crop_annotations(args)
     return COMMANDS[args.command](args)

@@ -44,34 +44,63 @@ def positive_float(text: str) -> float:
     return value
 
 
-def image_options() -> argparse.ArgumentParser:
-    from ..core.segmentation import SegmentationParams
+def diameter(text: str) -> float | None:
+    """A diameter in pixels, or ``auto`` (None: measured from the image)."""
+    if text.strip().lower() == "auto":
+        return None
+    return positive_float(text)
 
-    seg = SegmentationParams()
+
+def image_options() -> argparse.ArgumentParser:
+    from ..core.segmentation import ALL_STAINS, NO_CELL_STAIN
+    from ..core.stains import ER, MICROTUBULES, OTHER
+
     parser = Parser(add_help=False, formatter_class=FORMATTER)
     parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id)")
     parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, other)")
     parser.add_argument("--channel-axis", type=int, help="axis of the channels when it cannot be detected")
     parser.add_argument("--labels", nargs="+", type=Path, default=[], help="label images with the cells (one per image, same order); default: segment")
-    parser.add_argument("--nucleus-diameter", type=float, default=seg.nucleus_diameter, help="typical nucleus diameter in pixels")
-    parser.add_argument("--cell-diameter", type=float, default=seg.cell_diameter, help="typical cell diameter in pixels")
+    parser.add_argument("--nucleus-diameter", type=diameter, default=None, metavar="PX|auto",
+                        help="typical nucleus diameter in pixels (default auto: measured from the nucleus stain)")
+    parser.add_argument("--cell-diameter", type=diameter, default=None, metavar="PX|auto",
+                        help="largest cell diameter in pixels (default: twice the nucleus diameter)")
+    parser.add_argument("--pixel-size", type=positive_float, help="µm per pixel, so that sizes can be given in µm")
+    parser.add_argument("--nucleus-diameter-um", type=positive_float, help="nucleus diameter in µm (needs --pixel-size)")
+    parser.add_argument("--cell-diameter-um", type=positive_float, help="cell diameter in µm (needs --pixel-size)")
+    parser.add_argument("--cell-stain", choices=[MICROTUBULES, ER, OTHER, ALL_STAINS, NO_CELL_STAIN],
+                        help="stain the cell outlines come from, never the protein (default: microtubules, er, then "
+                             "another non-nucleus stain; all: every non-protein stain; none: a ring around each nucleus)")
+    parser.add_argument("--segmenter", choices=["builtin", "cellpose"], default="builtin",
+                        help="cell outlines: the built-in watershed, or Cellpose (pip install cellpose) on the cell and nucleus stains")
+    parser.add_argument("--crops", action="store_true",
+                        help="the images are single-cell crops: a folder of crop files (classes from sub-folder names) "
+                             "or a stack file (N, C, H, W) in .tif or .npy; --annotations may then be the crop folder "
+                             "or a CSV with columns file,class")
+    parser.add_argument("--crop-mask", choices=["whole", "foreground"], default="whole",
+                        help="with --crops: the cell is the whole crop, or its foreground (Otsu)")
+    parser.add_argument("--keep-border-cells", action="store_true", help="keep cells cut by the image border (default: dropped, counted)")
     return parser
 
 
 def model_options() -> argparse.ArgumentParser:
-    from ..core.backbones import BACKBONES
+    from ..core.classic import feature_choices
     from ..core.devices import DEVICE_CHOICES, PRECISIONS
     from ..core.embedding import EMBEDDING_TYPES, EmbedSettings
     from ..core.strategies import STRATEGIES
 
     d = EmbedSettings()
     parser = Parser(add_help=False, formatter_class=FORMATTER)
-    parser.add_argument("--backbone", default=BACKBONES.default, choices=BACKBONES.names(), metavar="NAME", action=StoreGiven,
-                        help=f"backbone: {', '.join(BACKBONES.names())} (dinoloc backbones describes them)")
+    from ..core.backbones import BACKBONES
+
+    parser.add_argument("--backbone", default=BACKBONES.default, choices=feature_choices(), metavar="NAME", action=StoreGiven,
+                        help=f"backbone: {', '.join(BACKBONES.names())}; classic: hand-crafted features; NAME+classic: "
+                             "both, each block standardised (dinoloc backbones describes them)")
     parser.add_argument("--weights", type=Path, help="local weights file (DINO checkpoint, .pth state dict or .safetensors)")
     parser.add_argument("--strategy", default=d.strategy, choices=STRATEGIES.names(), help="how the stains enter the backbone")
     parser.add_argument("--embedding", default=d.embedding, choices=EMBEDDING_TYPES)
-    parser.add_argument("--crop-size", type=positive_int, help="crop size in image pixels (default: the backbone's input size)")
+    parser.add_argument("--crop-size", type=positive_int, help="fixed crop size in image pixels (default: --crop-cells median cell diameters)")
+    parser.add_argument("--crop-cells", type=positive_float, default=d.crop_cells,
+                        help="without --crop-size: the crop window in median cell diameters of each image")
     parser.add_argument("--input-size", type=positive_int, help="size crops are resized to (default: the backbone's)")
     parser.add_argument("--keep-background", action="store_true", help="keep pixels outside the cell instead of zeroing them")
     parser.add_argument("--batch-size", type=positive_int, default=d.batch_size)

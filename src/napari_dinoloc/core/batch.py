@@ -27,6 +27,7 @@ class RunOptions:
     segmentation: object = None             # SegmentationParams, or None for the defaults
     embed: object = None                    # EmbedSettings, or None for the defaults
     notify: Optional[Callable[[str], None]] = None  # told how each image was read (Z/T projections, ...)
+    crop_mask: str = "whole"                # single-cell crops: the cell is the whole crop or its foreground
 
 
 def tell(options: Optional[RunOptions], lines) -> None:
@@ -86,6 +87,8 @@ class Skips(list):
 
 def job_name(job: "ImageJob") -> str:
     source = job.source
+    if hasattr(source, "index") and hasattr(source, "cls"):  # a single-cell crop (core.crop_inputs.CropSource)
+        return source.name
     if isinstance(source, (list, tuple)):
         return ", ".join(Path(p).name for p in source)
     return Path(source).name
@@ -136,16 +139,47 @@ def _group_sources(paths: list[Path], find_hpa_groups) -> list:
 
 def prepare_session(job: ImageJob, options: RunOptions, cache=None, progress: Optional[ProgressCallback] = None) -> Session:
     """Load the image and find its cells (from the given label image, or by segmentation)."""
-    from .images import load_cell_image
 
     session = Session(cache=cache)
-    session.set_image(load_cell_image(job.source, options.stains, channel_axis=options.channel_axis))
+    session.set_image(load_job_image(job, options))
     tell(options, (f"{session.image.name}: {note}" for note in session.image.notes))
-    if job.labels is not None:
+    if is_crop_job(job):
+        from .crop_inputs import crop_labels
+
+        session.set_labels(crop_labels(session.image, options.crop_mask))
+    elif job.labels is not None:
         session.set_labels(read_label_image(job.labels))
     else:
-        session.set_labels(session.segment(options.segmentation, progress=progress))
+        found = session.find_cells(options.segmentation, progress=progress)
+        tell(options, (f"{session.image.name}: {note}" for note in found.notes))
+        session.set_labels(found.cells)
     return session
+
+
+def is_crop_job(job: ImageJob) -> bool:
+    from .crop_inputs import CropSource
+
+    return isinstance(job.source, CropSource)
+
+
+def load_job_image(job: ImageJob, options: RunOptions):
+    """The job's CellImage: an image file (group), or a single-cell crop."""
+    from .images import load_cell_image
+
+    if is_crop_job(job):
+        from .crop_inputs import crop_image
+
+        return crop_image(job.source, options.stains)
+    return load_cell_image(job.source, options.stains, channel_axis=options.channel_axis)
+
+
+def crop_jobs(path, classes_csv=None) -> list[ImageJob]:
+    """One job per single-cell crop of a folder or stack file; their channel counts checked first."""
+    from .crop_inputs import check_channel_counts, list_crops
+
+    crops = list_crops(path, classes_csv)
+    check_channel_counts(crops)
+    return [ImageJob(crop) for crop in crops]
 
 
 def read_label_image(path: Path):

@@ -63,12 +63,14 @@ class ModelBundle:
     backbone_state: Optional[dict[str, np.ndarray]] = None  # fine-tuned backbone weights, if any
     versions: dict = field(default_factory=dict)  # filled in by save/load: package, torch, numpy, created
     extra: dict = field(default_factory=dict)  # anything else JSON-able (e.g. a fine-tuned backbone's spec)
+    crop_cells: Optional[float] = None  # crop_size None: the window in median cell diameters of each image
 
     @property
     def embed_signature(self) -> dict:
         """What shaped the embeddings the head was trained on, as in an embedding signature."""
         return {"strategy": self.strategy, "embedding": self.embedding, "crop_size": self.crop_size,
-                "input_size": self.input_size, "mask_background": self.mask_background}
+                "input_size": self.input_size, "mask_background": self.mask_background,
+                "crop_mode": "fixed" if self.crop_size else "cells", "crop_cells": self.crop_cells}
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -83,7 +85,7 @@ class ModelBundle:
             f"backbone: {self.backbone_name} (weights sha256 {self.weights_hash[:12]})"
             + (", fine-tuned weights included" if self.backbone_state else ""),
             f"stains: {', '.join(self.stains)}; strategy: {self.strategy}; embedding: {self.embedding}",
-            f"crop {self.crop_size} px -> input {self.input_size} px; normalisation: {self.normalization}; "
+            f"crop {f'{self.crop_size} px' if self.crop_size else f'{self.crop_cells:g} cell diameters'} -> input {self.input_size} px; normalisation: {self.normalization}; "
             f"background masked: {self.mask_background}",
             f"seed: {self.seed}" + (f"; macro F1: {macro_f1:.3f}" if isinstance(macro_f1, (int, float)) else ""),
         ]
@@ -146,6 +148,7 @@ def _bundle_metadata(bundle: ModelBundle) -> dict:
         "strategy": bundle.strategy,
         "embedding": bundle.embedding,
         "crop_size": None if bundle.crop_size is None else int(bundle.crop_size),
+        "crop_cells": None if bundle.crop_cells is None else float(bundle.crop_cells),
         "input_size": None if bundle.input_size is None else int(bundle.input_size),
         "normalization": bundle.normalization,
         "mask_background": bool(bundle.mask_background),
@@ -304,6 +307,7 @@ def _bundle_from_info(info: dict, head: Head, backbone_state, path: Path) -> Mod
             mask_background=bool(info["mask_background"]), class_counts=dict(info["class_counts"]),
             metrics=dict(info.get("metrics") or {}), seed=int(info["seed"]), backbone_state=backbone_state,
             versions={**info.get("versions", {}), "created": info.get("created", "")}, extra=dict(info.get("extra") or {}),
+            crop_cells=None if info.get("crop_cells") is None else float(info["crop_cells"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise DinolocError(f"The description inside {path.name} lacks {exc}; the file is damaged or incomplete. Save the model again.") from exc
@@ -360,12 +364,14 @@ def bundle_for_head(head: Head, backbone, stains: Sequence[str], settings, class
     if backbone.is_finetuned:  # the bundle must carry the fine-tuned weights themselves
         state = numpy_state(backbone.model)
         extra = {"finetune": {"base_weights_hash": backbone.base_weights_hash}}
+    if getattr(backbone, "is_classic", False):  # the classic features' training statistics
+        extra = {**extra, **backbone.bundle_extra()}
     return ModelBundle(
         head=head, backbone_name=backbone.name, weights_hash=backbone.weights_hash, stains=tuple(stains),
         strategy=resolved.strategy, embedding=resolved.embedding, crop_size=resolved.crop_size,
         input_size=resolved.input_size, normalization=backbone.spec.normalization,
         mask_background=resolved.mask_background, class_counts=dict(Counter(classes)), metrics=dict(metrics or {}), seed=seed,
-        backbone_state=state, extra=extra,
+        backbone_state=state, extra=extra, crop_cells=None if resolved.crop_size else resolved.crop_cells,
     )
 
 
@@ -383,7 +389,7 @@ def finetune_bundle(result, backbone) -> ModelBundle:
         strategy=embed.strategy, embedding=embed.embedding, crop_size=embed.crop_size, input_size=embed.input_size,
         normalization=backbone.spec.normalization, mask_background=embed.mask_background,
         class_counts=dict(result.class_counts), metrics=dict(result.metrics), seed=settings.seed,
-        backbone_state=result.backbone_state, extra=extra,
+        backbone_state=result.backbone_state, extra=extra, crop_cells=None if embed.crop_size else embed.crop_cells,
     )
 
 
@@ -397,10 +403,12 @@ def embed_settings_for(bundle: ModelBundle, base):
 
 def backbone_for_bundle(bundle: ModelBundle, weights=None, device: str = "auto"):
     """The backbone the bundle's head expects: same weights (checked by hash), fine-tuned if it was."""
-    from .backbones import load_backbone
+    from .classic import is_classic_name, load_features
 
     base_hash = bundle.extra.get("finetune", {}).get("base_weights_hash", bundle.weights_hash)
-    backbone = load_backbone(bundle.backbone_name, weights=weights, device=device)
+    backbone = load_features(bundle.backbone_name, weights=weights, device=device)
+    if is_classic_name(bundle.backbone_name):
+        backbone.restore(bundle.extra)
     if backbone.weights_hash != base_hash:
         raise DinolocError(
             f"This model was made with {bundle.backbone_name} weights {base_hash[:24]}, but the weights loaded are "

@@ -76,20 +76,22 @@ def run_headless_demo(outdir, backbone=None, size: int = 768, share: float = 0.3
     from .files import check_writable
     from .images import make_cell_image
     from .pipeline import Session
+    from .segmentation import SegmentationParams
     from .synthetic import make_field
     from .table import write_table
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     csv_path = check_writable(outdir / "predictions.csv")
-    field = make_field(seed=0, shape=(size, size))
+    field = make_field(seed=0, shape=(size, size), cell_stain=True)  # outlines from the cell stain, not the protein
     session = Session()
     session.set_image(make_cell_image(field.image, field.stains, name="synthetic_sample"))
-    session.set_labels(session.segment(progress=progress))
+    # a small field: border cells are kept so that every class has cells to annotate
+    session.set_labels(session.segment(SegmentationParams(keep_border_cells=True), progress=progress))
     truth = ground_truth_classes(session.labels, field.labels, field.cell_class)
     annotations = choose_annotated(truth, share)
     session.set_backbone(load_demo_backbone(backbone, say))
-    settings = EmbedSettings(crop_size=crop_size_for(session.table))
+    settings = EmbedSettings()  # the crop window follows the cell size
     session.set_embeddings(session.compute_embeddings(settings, progress=progress))
     session.set_head(session.train_head(defaults.HEAD, annotations, progress=progress))
     write_table(csv_path, session.rows(annotations), session.predictions.class_names)

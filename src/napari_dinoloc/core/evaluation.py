@@ -160,11 +160,22 @@ def usable_folds(folds: int, class_names: tuple[str, ...], y: np.ndarray) -> tup
 
 
 
-def _prepare(vectors, classes, folds: int, seed: int, class_names):
+def _prepare(vectors, classes, folds: int, seed: int, class_names, groups=None):
     x = as_vectors(vectors)
     names, y = encode_classes(classes, len(x), class_names)
     folds, notes = usable_folds(folds, names, y)
+    if groups is not None and len(set(groups)) >= max(2, folds):
+        notes = [*notes, f"folds split by image ({len(set(groups))} images): no image has cells in both training and test"]
+        return x, names, y, grouped_folds(y, np.asarray(groups), folds, seed), notes
     return x, names, y, stratified_folds(y, folds, seed), notes
+
+
+def grouped_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds that keep every image's cells together (image-level labels would otherwise leak)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(train, test) for train, test in splitter.split(np.zeros(len(y)), y, groups)]
 
 
 def _step_progress(progress: Optional[ProgressCallback], step: int, n_steps: int, what: str):
@@ -176,13 +187,15 @@ def _step_progress(progress: Optional[ProgressCallback], step: int, n_steps: int
 
 def cross_validate(kind: str, vectors, classes: Sequence[str], folds: int = 5, seed: int = 0,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                   class_names: Optional[Sequence[str]] = None, **head_params) -> Evaluation:
+                   class_names: Optional[Sequence[str]] = None, groups: Optional[Sequence] = None,
+                   **head_params) -> Evaluation:
     """Stratified k-fold cross-validation of a head; scores pool the out-of-fold predictions of all cells.
 
-    ``seed`` draws the folds and, unless ``head_params`` has its own, seeds the head."""
+    ``seed`` draws the folds and, unless ``head_params`` has its own, seeds the head. ``groups`` (the
+    image of each cell): with as many images as folds, the folds keep each image's cells together."""
     head_params.setdefault("seed", seed)
     make_head(kind, class_names, **head_params)  # bad settings fail before any work
-    x, names, y, splits, notes = _prepare(vectors, classes, folds, seed, class_names)
+    x, names, y, splits, notes = _prepare(vectors, classes, folds, seed, class_names, groups)
     predicted = np.empty(len(y), dtype=np.int64)
     fold_f1 = []
     for fold, (train, test) in enumerate(splits):

@@ -68,9 +68,16 @@ class Session:
         self.require_image()
         return segment_cells(self.image, params or SegmentationParams(), progress=progress, cancel=cancel)
 
+    def find_cells(self, params=None, progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None):
+        """The whole segmentation result (cells, nuclei, sizes used, notes such as dropped border cells)."""
+        from .segmentation import SegmentationParams, segment
+
+        self.require_image()
+        return segment(self.image, params or SegmentationParams(), progress=progress, cancel=cancel)
+
     def get_backbone(self, name: str, weights=None, device: str = "auto"):
         """The loaded backbone for this choice, reusing the current one when it is the same."""
-        from .backbones import load_backbone
+        from .classic import load_features as load_backbone
 
         current = self.backbone
         if current is not None and getattr(current, "_choice", None) == (name, str(weights or ""), device):

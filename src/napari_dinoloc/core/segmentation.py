@@ -1,27 +1,42 @@
-"""Finding cells: nuclei from the nucleus stain, cells grown from them on a cytoplasm stain.
+"""Finding cells: nuclei from the nucleus stain, cells grown from them on a cell stain, never on the protein.
 
 Classical and fast (no deep model): smooth, threshold, split touching nuclei by the distance
-transform, then a seeded watershed on the cytoplasm channel. Users with better masks (e.g.
-Cellpose) give a label image instead; :func:`prepare_labels` checks it.
+transform, then a seeded watershed on the cell stain. The protein is never used for outlines: a
+cell's outline must not depend on the localization to be predicted. Without a cell stain, cells are
+the nuclei grown by a fixed ring (see :data:`RING_PER_NUCLEUS`); images with only a nucleus stain give
+the nuclei as the cells. Sizes are measured from the nucleus stain unless given (``core.sizes``).
+Users with better masks (e.g. Cellpose) give a label image instead; :func:`prepare_labels` checks it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from .cell_labels import CellTable, drop_border_cells, match_cells, prepare_labels, relabel, remove_small
 from .errors import DinolocError
 from .progress import CancelToken, ProgressCallback, check_cancel, report
+from .sizes import CELL_PER_NUCLEUS, estimate_nucleus_diameter
 from .stains import ER, MICROTUBULES, NUCLEUS, PROTEIN
 
 if TYPE_CHECKING:
     from .images import CellImage
 
-#: Stains tried, in order, to grow cells from their nuclei when none is chosen.
-CYTOPLASM_STAINS = (MICROTUBULES, ER, PROTEIN)
+__all__ = ["CellTable", "Segmentation", "SegmentationParams", "match_cells", "prepare_labels", "relabel",
+           "remove_small", "segment", "segment_cells", "segment_nuclei"]
+
+#: Cell stains tried, in order, when none is chosen; then any other stain that is not protein or nucleus.
+CELL_STAINS = (MICROTUBULES, ER)
+#: ``cell_stain`` value: grow cells on a foreground made from all non-protein stains together.
+ALL_STAINS = "all"
+#: ``cell_stain`` value: no cell stain; the documented ring around each nucleus.
+NO_CELL_STAIN = "none"
+#: Without a cell stain, cells are the nuclei grown by this many nucleus diameters (a ring ~ the
+#: perinuclear cytoplasm): an honest stand-in for the cell, made without the protein.
+RING_PER_NUCLEUS = 0.5
 #: A pixel is cytoplasm when it is this many noise levels above the background.
 BACKGROUND_NOISE_LEVELS = 4.0
 #: Weight of the distance to the nucleus against intensity in the watershed, per nucleus diameter:
@@ -30,30 +45,79 @@ COMPACTNESS_PER_DIAMETER = 0.28
 #: Nuclei must stand this many noise levels above the rest of the nucleus channel (Otsu splits
 #: pure noise at ~2.6; real nucleus stains measure 5 to 50).
 MIN_NUCLEUS_CONTRAST = 3.5
+#: Cells grown on a cell stain cover at least this many times the nuclei's area (real nuclei take a
+#: quarter to a half of a cell); less suggests the "nucleus" channel holds a cell-wide stain.
+NUCLEI_FILL_CELLS = 1.3
+SEGMENTERS = ("builtin", "cellpose")
+#: Size used where a size is needed but none was given nor measured.
+FALLBACK_NUCLEUS_DIAMETER = 28.0
+#: Nuclei covering more of the image than this are more likely another stain (swapped channels).
+MAX_NUCLEUS_COVER = 0.6
 
 
 @dataclass(frozen=True)
 class SegmentationParams:
-    nucleus_diameter: float = 28.0  # pixels
-    cell_diameter: float = 56.0  # pixels
+    nucleus_diameter: float | None = None  # pixels; None: measured from the nucleus stain
+    cell_diameter: float | None = None  # pixels; None: CELL_PER_NUCLEUS nucleus diameters
     min_cell_area: int | None = None  # default derived from nucleus_diameter
-    cytoplasm_stain: str | None = None  # None: microtubules, else er, else protein
+    cytoplasm_stain: str | None = None  # the cell stain; None: microtubules, er, any other; "all"; "none"
+    keep_border_cells: bool = False  # cells cut by the image border are dropped unless kept
+    segmenter: str = "builtin"  # "builtin" (watershed from the nuclei) or "cellpose" (optional package)
 
     def __post_init__(self) -> None:
-        if not self.nucleus_diameter > 2:
+        if self.segmenter not in SEGMENTERS:
+            raise DinolocError(f"Unknown segmenter {self.segmenter!r}: choose one of {', '.join(SEGMENTERS)}.")
+        if self.nucleus_diameter is not None and not self.nucleus_diameter > 2:
             raise DinolocError(f"The nucleus diameter must be more than 2 pixels (got {self.nucleus_diameter}).")
-        if not self.cell_diameter >= self.nucleus_diameter:
+        if self.cytoplasm_stain == PROTEIN:
+            raise DinolocError("The protein cannot be the cell stain: a cell's outline must not depend on the "
+                               "localization being predicted. Choose microtubules, er, another stain, or none.")
+        if self.cell_diameter is not None and not self.cell_diameter >= self.nucleus_px:
             raise DinolocError(
                 f"The cell diameter ({self.cell_diameter} px) must be at least the nucleus diameter "
-                f"({self.nucleus_diameter} px)."
+                f"({self.nucleus_px} px)."
             )
+
+    @property
+    def nucleus_px(self) -> float:
+        return float(self.nucleus_diameter) if self.nucleus_diameter is not None else FALLBACK_NUCLEUS_DIAMETER
+
+    @property
+    def cell_px(self) -> float:
+        return float(self.cell_diameter) if self.cell_diameter is not None else CELL_PER_NUCLEUS * self.nucleus_px
 
     @property
     def min_area(self) -> int:
         """Smallest cell kept: a quarter of a typical nucleus (debris and fragments are smaller)."""
         if self.min_cell_area is not None:
             return int(self.min_cell_area)
-        return max(4, int(0.25 * np.pi * (self.nucleus_diameter / 2) ** 2))
+        return max(4, int(0.25 * np.pi * (self.nucleus_px / 2) ** 2))
+
+    def measured(self, nucleus: np.ndarray | None) -> tuple["SegmentationParams", list[str]]:
+        """These params with the nucleus diameter measured from ``nucleus`` when not given, and a note saying so."""
+        if self.nucleus_diameter is not None or nucleus is None:
+            return self, []
+        estimate = estimate_nucleus_diameter(nucleus)
+        if estimate is None or estimate <= 2:
+            return replace(self, nucleus_diameter=FALLBACK_NUCLEUS_DIAMETER), [
+                f"warning: could not measure the nucleus size; using {FALLBACK_NUCLEUS_DIAMETER:g} px "
+                "(give --nucleus-diameter)."]
+        cell = self.cell_diameter if self.cell_diameter and self.cell_diameter >= estimate else None
+        params = replace(self, nucleus_diameter=round(estimate, 1), cell_diameter=cell)
+        return params, [f"nucleus diameter measured: {params.nucleus_px:.0f} px, cells up to {params.cell_px:.0f} px "
+                        "across (give --nucleus-diameter / --cell-diameter to override)."]
+
+
+@dataclass
+class Segmentation:
+    """What segmentation found: cells, their nuclei, the sizes used, and notes for the user."""
+
+    cells: np.ndarray  # (Y, X) int32 1..N
+    nuclei: np.ndarray  # (Y, X) int32, nucleus of cell k labelled k where kept
+    params: SegmentationParams  # with the sizes actually used
+    cell_stain: str | None  # the stain the outlines come from; None: nuclei or the ring
+    border_cells_dropped: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def segment_cells(
@@ -61,6 +125,12 @@ def segment_cells(
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """(Y, X) int32 cell labels 1..N (0 = background), one cell per nucleus found."""
+    return segment(image, params, progress, cancel).cells
+
+
+def segment(image: "CellImage", params: SegmentationParams = SegmentationParams(),
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Segmentation:
+    """Nuclei, then cells grown from them on the cell stain; border cells dropped unless kept; notes."""
     nucleus = image.channel(NUCLEUS)
     if nucleus is None:
         raise DinolocError(
@@ -68,20 +138,112 @@ def segment_cells(
             "(e.g. 'protein=1,nucleus=0'), or give a label image of the cells instead."
         )
     report(progress, 0, 3, "Finding nuclei")
+    params, notes = params.measured(nucleus)
     nuclei = segment_nuclei(nucleus, params)
     if nuclei.max() == 0:
         raise no_cells_found(image.name, params, "nuclei", nucleus)
+    notes += nuclei_warnings(nuclei, params)
     check_cancel(cancel)
     report(progress, 1, 3, "Growing cells from nuclei")
-    cytoplasm = cytoplasm_channel(image, params)
-    cells = grow_cells(nuclei, cytoplasm, params)
+    stain = cell_stain_of(image, params)
+    if params.segmenter == "cellpose":
+        from .cellpose_backend import cellpose_cells
+
+        cell_plane = None if stain in (None, NO_CELL_STAIN, ALL_STAINS) else image.channel(stain)
+        cells, note = cellpose_cells(cell_plane, nucleus, params.cell_px), "cells found by Cellpose."
+    else:
+        cells, note = grow_from_nuclei(image, nuclei, stain, params)
+    notes += [note] if note else []
+    if stain not in (None, NO_CELL_STAIN) and (cells > 0).sum() < NUCLEI_FILL_CELLS * (nuclei > 0).sum():
+        notes.append(f"warning: the nuclei fill their cells (the {stain} outlines hardly reach beyond them): the "
+                     "nucleus channel may hold another stain (channels swapped?); check which channel is the nucleus (e.g. --channels "
+                     "protein=1,nucleus=0).")
     check_cancel(cancel)
     report(progress, 2, 3, "Cleaning up cells")
     cells = remove_small(cells, params.min_area)
+    dropped = 0
+    if not params.keep_border_cells:
+        cells, dropped = drop_border_cells(cells)
+        if dropped:
+            notes.append(f"{dropped} cell(s) touching the image border dropped (--keep-border-cells keeps them).")
     if cells.max() == 0:
         raise no_cells_found(image.name, params, "cells")
     report(progress, 3, 3, "Cells found")
-    return cells
+    own_nuclei = np.where(nuclei > 0, cells, 0).astype(np.int32)
+    return Segmentation(cells, own_nuclei, params, None if stain in (None, NO_CELL_STAIN) else stain, dropped, notes)
+
+
+#: Side of the window a preview segments, in pixels: a few seconds at most on a laptop CPU.
+PREVIEW_SIZE = 512
+
+
+def segment_region(image: "CellImage", params: SegmentationParams, centre: tuple[float, float],
+                   size: int = PREVIEW_SIZE) -> tuple[Segmentation, tuple[int, int]]:
+    """A quick look: segmentation of a ``size`` window around ``centre`` (y, x), and the window's (top, left).
+
+    Sizes are measured on the whole nucleus stain first, so the preview uses what the full run will."""
+    from .images import CellImage
+
+    params, notes = params.measured(image.channel(NUCLEUS))
+    height, width = image.shape
+    top = int(np.clip(round(centre[0] - size / 2), 0, max(0, height - size)))
+    left = int(np.clip(round(centre[1] - size / 2), 0, max(0, width - size)))
+    window = image.data[:, top:top + size, left:left + size]
+    part = CellImage(np.ascontiguousarray(window), image.stains, image.name, f"{image.content_hash}@{top},{left}")
+    found = segment(part, params)
+    found.notes[:0] = notes
+    return found, (top, left)
+
+
+def grow_from_nuclei(image, nuclei: np.ndarray, stain: str | None, params: SegmentationParams):
+    """(cells, note): on the cell stain, on all non-protein stains, as a ring, or the nuclei themselves."""
+    others = [s for s in image.stains if s not in (PROTEIN, NUCLEUS)]
+    if stain == ALL_STAINS:
+        return grow_cells(nuclei, non_protein_foreground(image), params), None
+    if stain not in (None, NO_CELL_STAIN):
+        return grow_cells(nuclei, image.channel(stain), params), None
+    if PROTEIN not in image.stains and not others:
+        return nuclei, "only a nucleus stain: the cells are the nuclei."
+    from skimage.segmentation import expand_labels
+
+    ring = RING_PER_NUCLEUS * params.nucleus_px
+    return (expand_labels(nuclei, distance=ring).astype(np.int32),
+            f"no cell stain: cells are the nuclei grown by {ring:.0f} px (a ring); give --cell-stain for true outlines.")
+
+
+def cell_stain_of(image: "CellImage", params: SegmentationParams) -> str | None:
+    """The stain cell outlines come from: the user's, else microtubules, er, then any non-protein, non-nucleus stain."""
+    chosen = params.cytoplasm_stain
+    if chosen in (ALL_STAINS, NO_CELL_STAIN):
+        return chosen
+    if chosen is not None:
+        if image.channel(chosen) is None:
+            raise DinolocError(
+                f"{image.name} has no {chosen!r} channel to grow cells on: choose one of "
+                f"its stains ({', '.join(image.stains)}), or leave the choice automatic."
+            )
+        return chosen
+    candidates = [*CELL_STAINS, *(s for s in image.stains if s not in (PROTEIN, NUCLEUS, *CELL_STAINS))]
+    return next((s for s in candidates if image.channel(s) is not None), None)
+
+
+def non_protein_foreground(image: "CellImage") -> np.ndarray:
+    """All stains but the protein, each scaled to its 99th percentile, taken pixel by pixel at their brightest."""
+    planes = [image.data[i] for i, s in enumerate(image.stains) if s != PROTEIN]
+    scaled = [p / (np.percentile(p, 99) + 1e-6) for p in planes]
+    return np.clip(np.max(scaled, axis=0), 0, 1).astype(np.float32)
+
+
+def nuclei_warnings(nuclei: np.ndarray, params: SegmentationParams) -> list[str]:
+    """A warning when the nuclei found look like another stain's pattern (suspected swapped channels)."""
+    cover = float((nuclei > 0).mean())
+    count = int(nuclei.max())
+    expected = nuclei.size / (np.pi * (params.nucleus_px / 2) ** 2)
+    if cover > MAX_NUCLEUS_COVER or count > expected:
+        return [f"warning: the nucleus channel gives {count} nuclei covering {cover:.0%} of the image, more than "
+                "nuclei do: the channels may be swapped; check which channel is the nucleus (e.g. --channels "
+                "protein=1,nucleus=0)."]
+    return []
 
 
 def no_cells_found(name: str, params: SegmentationParams, what: str, nucleus: np.ndarray | None = None) -> DinolocError:
@@ -89,24 +251,13 @@ def no_cells_found(name: str, params: SegmentationParams, what: str, nucleus: np
     if nucleus is not None and np.percentile(nucleus, 95) < 0.05:
         hint = " The nucleus channel is nearly dark: check that the right channel is assigned to the nucleus."
     elif nucleus is not None:
-        hint = " If the nucleus channel shows no clear nuclei, check that the right channel is assigned to the nucleus."
+        hint = (" If the nucleus channel shows no clear nuclei, the channels may be swapped: check which channel is "
+                "the nucleus (e.g. --channels protein=1,nucleus=0).")
     return DinolocError(
-        f"No {what} found in {name} with a nucleus diameter of {params.nucleus_diameter:g} px and a cell "
-        f"diameter of {params.cell_diameter:g} px. Measure a nucleus and a cell in the image (in pixels) and "
+        f"No {what} found in {name} with a nucleus diameter of {params.nucleus_px:g} px and a cell "
+        f"diameter of {params.cell_px:g} px. Measure a nucleus and a cell in the image (in pixels) and "
         "set those sizes (try half or double the current ones), or give a label image." + hint
     )
-
-
-def cytoplasm_channel(image: "CellImage", params: SegmentationParams) -> np.ndarray | None:
-    if params.cytoplasm_stain is not None:
-        channel = image.channel(params.cytoplasm_stain)
-        if channel is None:
-            raise DinolocError(
-                f"{image.name} has no {params.cytoplasm_stain!r} channel to grow cells on: choose one of "
-                f"its stains ({', '.join(image.stains)}), or leave the choice automatic."
-            )
-        return channel
-    return next((image.channel(s) for s in CYTOPLASM_STAINS if image.channel(s) is not None), None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,15 +270,15 @@ def segment_nuclei(nucleus: np.ndarray, params: SegmentationParams) -> np.ndarra
     from skimage.filters import threshold_otsu
 
     nucleus = np.asarray(nucleus, np.float32)
-    smooth = ndi.gaussian_filter(nucleus, sigma=max(1.0, params.nucleus_diameter / 14))
+    smooth = ndi.gaussian_filter(nucleus, sigma=max(1.0, params.nucleus_px / 14))
     if smooth.max() <= smooth.min():
         return np.zeros(nucleus.shape, np.int32)
     mask = smooth > threshold_otsu(smooth)
     if contrast(smooth, mask) < MIN_NUCLEUS_CONTRAST:
         return np.zeros(nucleus.shape, np.int32)  # noise only: no nuclei to find
     mask = ndi.binary_fill_holes(ndi.binary_opening(mask, iterations=1))
-    nuclei = split_touching(mask, params.nucleus_diameter)
-    return remove_small(nuclei, max(4, int(0.15 * np.pi * (params.nucleus_diameter / 2) ** 2)))
+    nuclei = split_touching(mask, params.nucleus_px)
+    return remove_small(nuclei, max(4, int(0.15 * np.pi * (params.nucleus_px / 2) ** 2)))
 
 
 def contrast(smooth: np.ndarray, mask: np.ndarray) -> float:
@@ -164,30 +315,26 @@ def split_touching(mask: np.ndarray, nucleus_diameter: float) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def grow_cells(nuclei: np.ndarray, cytoplasm: np.ndarray | None, params: SegmentationParams) -> np.ndarray:
+def grow_cells(nuclei: np.ndarray, cytoplasm: np.ndarray, params: SegmentationParams) -> np.ndarray:
     """Seeded watershed from the nuclei on the cytoplasm channel, within reach of a nucleus."""
     from skimage.segmentation import watershed
 
-    reach = max(1.0, params.cell_diameter - params.nucleus_diameter)
+    reach = max(1.0, params.cell_px - params.nucleus_px)
     from_nucleus = ndi.distance_transform_edt(nuclei == 0)
-    if cytoplasm is None:  # nucleus-only images: cells are the nuclei grown by the reach
-        from skimage.segmentation import expand_labels
-
-        return expand_labels(nuclei, distance=reach / 2).astype(np.int32)
     cytoplasm = np.asarray(cytoplasm, np.float32)
     # Light smoothing for the outline (heavier would swell every cell), more for the watershed.
-    lightly = ndi.gaussian_filter(cytoplasm, sigma=max(1.0, params.nucleus_diameter / 28))
+    lightly = ndi.gaussian_filter(cytoplasm, sigma=max(1.0, params.nucleus_px / 28))
     foreground = (cytoplasm_foreground(lightly) & (from_nucleus <= reach)) | (nuclei > 0)
     landscape = watershed_landscape(cytoplasm, foreground, params)
     # Nuclei are the sources: each floods its own bright cytoplasm before a neighbour can.
     landscape[nuclei > 0] = landscape.min()
-    cells = watershed(landscape, nuclei, mask=foreground, compactness=COMPACTNESS_PER_DIAMETER / params.nucleus_diameter)
+    cells = watershed(landscape, nuclei, mask=foreground, compactness=COMPACTNESS_PER_DIAMETER / params.nucleus_px)
     return keep_nucleus_connected(cells.astype(np.int32))
 
 
 def watershed_landscape(cytoplasm: np.ndarray, foreground: np.ndarray, params: SegmentationParams) -> np.ndarray:
     """Bright cytoplasm is low ground (about -1), background high (0)."""
-    smooth = ndi.gaussian_filter(cytoplasm, sigma=max(1.0, params.nucleus_diameter / 14))
+    smooth = ndi.gaussian_filter(cytoplasm, sigma=max(1.0, params.nucleus_px / 14))
     background = np.median(smooth[~foreground]) if (~foreground).any() else smooth.min()
     signal = np.maximum(smooth - background, 0)
     return -signal / (np.percentile(signal[foreground], 99) + 1e-6)
@@ -234,119 +381,3 @@ def keep_nucleus_connected(cells: np.ndarray) -> np.ndarray:
     return out
 
 
-def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
-    """Drop objects smaller than ``min_area`` and number the rest 1..N."""
-    areas = np.bincount(labels.ravel())
-    small = areas < min_area
-    small[0] = False
-    cleaned = np.where(small[labels], 0, labels)
-    return relabel(cleaned)
-
-
-def relabel(labels: np.ndarray) -> np.ndarray:
-    from skimage.segmentation import relabel_sequential
-
-    return relabel_sequential(labels)[0].astype(np.int32, copy=False)
-
-
-# ----------------------------------------------------------------------------------------------
-# User label images
-# ----------------------------------------------------------------------------------------------
-
-
-def prepare_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Check a user's label image against the image ``shape``; int32, numbered 1..N."""
-    labels = np.squeeze(np.asarray(labels))
-    shape = tuple(int(s) for s in shape)
-    if labels.shape != shape:
-        raise DinolocError(
-            f"The label image has shape {labels.shape} but the image has shape {shape} (Y, X): "
-            "give a label image of the same field of view, as a single 2-D plane."
-        )
-    if labels.dtype.kind == "b":
-        labels = ndi.label(labels)[0]  # a mask: each connected blob is one cell
-    elif labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
-            raise DinolocError("The label image holds fractional or NaN values: give whole-number cell labels (0 = background).")
-    elif labels.dtype.kind not in "iu":
-        raise DinolocError(f"The label image holds {labels.dtype} values: give whole-number cell labels (0 = background).")
-    if labels.min() < 0:
-        raise DinolocError("The label image has negative values: use 0 for the background and 1, 2, ... for cells.")
-    labels = relabel(labels.astype(np.int64))
-    if labels.max() == 0:
-        raise DinolocError("The label image is empty (all 0): it marks no cells. Choose another label image or segment the cells.")
-    return labels
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-cell table and evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class CellTable:
-    """Per-cell geometry, one row per label, sorted by label."""
-
-    label: np.ndarray  # (N,) int32
-    centroid_y: np.ndarray  # (N,) float64
-    centroid_x: np.ndarray  # (N,) float64
-    area: np.ndarray  # (N,) int64, pixels
-    bbox: np.ndarray  # (N, 4) int: min_row, min_col, max_row, max_col (max exclusive, as skimage)
-
-    def __len__(self) -> int:
-        return int(self.label.shape[0])
-
-    def index_of(self, label: int) -> int:
-        """Row of ``label``; KeyError when the table has no such cell."""
-        index = int(np.searchsorted(self.label, label))
-        if index >= len(self) or self.label[index] != label:
-            raise KeyError(f"no cell with label {label}")
-        return index
-
-    @classmethod
-    def from_labels(cls, labels: np.ndarray) -> "CellTable":
-        labels = np.asarray(labels)
-        boxes = ndi.find_objects(labels)
-        present = np.array([i + 1 for i, box in enumerate(boxes) if box is not None], np.int32)
-        flat = labels.ravel()
-        size = len(boxes) + 1
-        counts = np.bincount(flat, minlength=size)
-        rows, cols = np.indices(labels.shape)
-        sum_y = np.bincount(flat, weights=rows.ravel(), minlength=size)
-        sum_x = np.bincount(flat, weights=cols.ravel(), minlength=size)
-        area = counts[present].astype(np.int64)
-        bbox = np.array(
-            [[boxes[i - 1][0].start, boxes[i - 1][1].start, boxes[i - 1][0].stop, boxes[i - 1][1].stop] for i in present],
-            dtype=np.int64,
-        ).reshape(-1, 4)
-        return cls(present, sum_y[present] / np.maximum(area, 1), sum_x[present] / np.maximum(area, 1), area, bbox)
-
-
-def match_cells(predicted: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> float:
-    """Fraction of ``truth`` cells matched one-to-one by a ``predicted`` cell at IoU >= ``iou``.
-
-    Pairs are matched greedily from the highest IoU down; for ``iou`` >= 0.5 that is exact, since
-    a cell can then overlap only one other cell that much.
-    """
-    predicted, truth = np.asarray(predicted), np.asarray(truth)
-    if predicted.shape != truth.shape:
-        raise DinolocError(f"Cannot compare label images of shapes {predicted.shape} and {truth.shape}.")
-    truth_ids = np.unique(truth[truth > 0])
-    if len(truth_ids) == 0:
-        raise DinolocError("The ground-truth label image has no cells: nothing to match.")
-    pred_area = np.bincount(predicted.ravel())
-    truth_area = np.bincount(truth.ravel())
-    both = (predicted > 0) & (truth > 0)
-    stride = np.int64(truth.max()) + 1
-    codes, overlap = np.unique(predicted[both].astype(np.int64) * stride + truth[both], return_counts=True)
-    pred_ids, true_ids = codes // stride, codes % stride
-    ious = overlap / (pred_area[pred_ids] + truth_area[true_ids] - overlap)
-    used_pred, used_truth = set(), set()
-    for k in np.argsort(-ious, kind="stable"):
-        if ious[k] < iou:
-            break
-        p, t = int(pred_ids[k]), int(true_ids[k])
-        if p not in used_pred and t not in used_truth:
-            used_pred.add(p)
-            used_truth.add(t)
-    return len(used_truth) / len(truth_ids)

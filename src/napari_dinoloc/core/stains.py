@@ -76,3 +76,9 @@ def channel_order(needed: Sequence[str], available: Sequence[str]) -> tuple[int,
         unused.remove(channel)
         order.append(channel)
     return tuple(order)
+
+
+def conventional_stains(n_channels: int) -> tuple[str, ...]:
+    """Stains by convention for a channel count: HPA (4), RGB composites (3), nucleus + protein (2), protein (1)."""
+    known = {4: HPA_SLOTS, 3: RGB_SLOTS, 2: (NUCLEUS, PROTEIN), 1: (PROTEIN,)}
+    return tuple(known.get(n_channels, (OTHER,) * n_channels))

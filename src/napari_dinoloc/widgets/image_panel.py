@@ -9,16 +9,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from ..core.errors import DinolocError
-from ..core.stains import HPA_SLOTS, NUCLEUS, OTHER, PROTEIN, RGB_SLOTS, STAINS
+from ..core.stains import NUCLEUS, OTHER, PROTEIN, STAINS, conventional_stains
 from ..core.workflows.images import NOT_USED
 from ._layers import CELLS, DERIVED_LAYERS
+from .crops_input import choose_crops
 from ._workers import notify_info, notify_warning, reports_errors
 
 SEPARATE_LAYERS = "Separate layers, one per stain"
+AUTO = "auto"
+PREVIEW = "cells preview"
 #: Words in a layer name that give away its stain (whole words, or word beginnings for the long ones).
 STAIN_HINTS = (
     (NUCLEUS, ("nucle", "dapi", "hoechst", "dna", "blue", "draq", "h2b")),
@@ -51,8 +54,7 @@ def guess_stains(names: Sequence[str], fallback: str = OTHER) -> list[str]:
 
 def default_channel_stains(n_channels: int) -> list[str]:
     """Conventional orders: HPA (4 channels), RGB composites (3), nucleus + protein (2)."""
-    known = {4: list(HPA_SLOTS), 3: list(RGB_SLOTS), 2: [NUCLEUS, PROTEIN], 1: [PROTEIN]}
-    return known.get(n_channels, [OTHER] * n_channels)
+    return list(conventional_stains(n_channels))
 
 
 def channel_axis_guess(layer) -> int:
@@ -126,13 +128,31 @@ class ImagePanel(QWidget):
         self.axis_label = QLabel("Channel axis")
         self.channels = QFormLayout()
         self.channels.setContentsMargins(0, 0, 0, 0)
-        self.nucleus_diameter = _spin(28.0, "Typical nucleus diameter in pixels (seeds one cell per nucleus).")
-        self.cell_diameter = _spin(56.0, "Typical cell diameter in pixels (how far cells grow from their nucleus).")
+        self.nucleus_diameter = _spin(0.0, "Typical nucleus diameter in pixels (seeds one cell per nucleus); "
+                                      "auto: measured from the nucleus stain ('Measure' shows it).")
+        self.cell_diameter = _spin(0.0, "Largest cell diameter in pixels (how far cells grow from their nucleus); "
+                                   "auto: twice the nucleus diameter.")
+        self.cell_stain = QComboBox()
+        self.cell_stain.addItems([AUTO, "microtubules", "er", OTHER, "all", "none"])
+        self.cell_stain.setToolTip("Stain the cell outlines come from, never the protein. auto: microtubules, er, then "
+                                   "another non-nucleus stain; all: every non-protein stain; none: a ring around each nucleus.")
+        self.keep_border = QCheckBox("Keep cells cut by the border")
+        self.segmenter = QComboBox()
+        self.segmenter.addItems(["builtin", "cellpose"])
+        self.segmenter.setToolTip("builtin: watershed from the nuclei; cellpose: Cellpose on the cell and nucleus stains "
+                                  "(needs 'pip install cellpose').")
+        self.measure_button = QPushButton("Measure")
+        self.measure_button.setToolTip("Measure the nucleus diameter in the nucleus stain and fill the sizes.")
+        self.preview_button = QPushButton("Preview")
+        self.preview_button.setToolTip("Segment a 512-px window at the centre of the view, quickly, with these settings.")
         self.segment_button = QPushButton("Segment cells")
         self.segment_button.setToolTip("Find nuclei, then grow each into its cell. Result: the 'cells' layer.")
         self.labels_source = QComboBox()
         self.labels_source.setToolTip("A label image you already have (0 = background, one id per cell).")
         self.use_labels_button = QPushButton("Use these cells")
+        self.crops_button = QPushButton("Open single-cell crops…")
+        self.crops_button.setToolTip("A folder of crops (one cell per file; classes from sub-folder names) shown as a "
+                                     "mosaic: each crop is one cell, annotated with its folder's class.")
 
         form = QFormLayout()
         form.addRow("Image", self.source)
@@ -145,18 +165,29 @@ class ImagePanel(QWidget):
         sizes = QFormLayout()
         sizes.addRow("Nucleus diameter", self.nucleus_diameter)
         sizes.addRow("Cell diameter", self.cell_diameter)
+        sizes.addRow("Cell stain", self.cell_stain)
+        sizes.addRow("Segmenter", self.segmenter)
+        sizes.addRow(self.keep_border)
         layout.addLayout(sizes)
+        quick = QHBoxLayout()
+        quick.addWidget(self.measure_button)
+        quick.addWidget(self.preview_button)
+        layout.addLayout(quick)
         layout.addWidget(self.segment_button)
         existing = QHBoxLayout()
         existing.addWidget(QLabel("or labels"))
         existing.addWidget(self.labels_source, 1)
         existing.addWidget(self.use_labels_button)
         layout.addLayout(existing)
+        layout.addWidget(self.crops_button)
 
         self.source.currentIndexChanged.connect(lambda _=None: self._on_source_changed())
         self.axis.valueChanged.connect(lambda _=None: self._rebuild_channels())
         self.segment_button.clicked.connect(lambda _=False: self.segment())
+        self.measure_button.clicked.connect(lambda _=False: self.measure())
+        self.preview_button.clicked.connect(lambda _=False: self.preview())
         self.use_labels_button.clicked.connect(lambda _=False: self.use_labels_layer())
+        self.crops_button.clicked.connect(lambda _=False: choose_crops(self))
 
     def _watch_layers(self) -> None:
         events = self.viewer.layers.events
@@ -286,19 +317,59 @@ class ImagePanel(QWidget):
     # ---- the cells ------------------------------------------------------------------------------------
     @reports_errors("Segmenting cells")
     def segment(self) -> None:
-        from ..core.segmentation import SegmentationParams
-
         if not self.runner.ensure_idle():
             return
         self.apply_image()
-        params = SegmentationParams(nucleus_diameter=self.nucleus_diameter.value(),
-                                    cell_diameter=self.cell_diameter.value())
+        params = self.segmentation_params()
         session, image = self.state.session, self.state.session.image
         self.runner.run(
             "Segmenting cells",
-            lambda progress, cancel: session.segment(params, progress=progress, cancel=cancel),
-            lambda labels: self._cells_found(image, labels),
+            lambda progress, cancel: session.find_cells(params, progress=progress, cancel=cancel),
+            lambda found: self._segmented(image, found),
         )
+
+    def segmentation_params(self):
+        from ..core.segmentation import SegmentationParams
+
+        stain = self.cell_stain.currentText()
+        return SegmentationParams(nucleus_diameter=self.nucleus_diameter.value() or None,
+                                  cell_diameter=self.cell_diameter.value() or None,
+                                  cytoplasm_stain=None if stain == AUTO else stain,
+                                  keep_border_cells=self.keep_border.isChecked(),
+                                  segmenter=self.segmenter.currentText())
+
+    @reports_errors("Measuring the nucleus size")
+    def measure(self) -> None:
+        """Fill the size fields with the nucleus diameter measured in the nucleus stain."""
+        from ..core.segmentation import SegmentationParams
+
+        self.apply_image()
+        image = self.state.session.image
+        params, notes = SegmentationParams().measured(image.channel(NUCLEUS))
+        self.nucleus_diameter.setValue(round(params.nucleus_px))
+        self.cell_diameter.setValue(round(params.cell_px))
+        for note in notes:
+            notify_info(note)
+
+    @reports_errors("Previewing the cells")
+    def preview(self) -> None:
+        """Segment the window at the centre of the view; shown as the 'cells preview' layer."""
+        from ..core.segmentation import segment_region
+
+        self.apply_image()
+        image = self.state.session.image
+        centre = tuple(self.viewer.camera.center)[-2:]
+        found, (top, left) = segment_region(image, self.segmentation_params(), centre)
+        if PREVIEW in self.viewer.layers:
+            self.viewer.layers.remove(PREVIEW)
+        self.viewer.add_labels(found.cells, name=PREVIEW, translate=(top, left), opacity=0.5)
+        notify_info(f"Preview: {int(found.cells.max())} cells in the window. " + " ".join(found.notes))
+        return found
+
+    def _segmented(self, image, found) -> None:
+        for note in found.notes:
+            (notify_warning if note.startswith("warning:") else notify_info)(note)
+        self._cells_found(image, found.cells)
 
     @reports_errors("Using the label image")
     def use_labels_layer(self) -> None:
@@ -338,7 +409,8 @@ def _set_items(box: QComboBox, items: Sequence[str], keep: str) -> None:
 
 def _spin(value: float, tip: str) -> QDoubleSpinBox:
     spin = QDoubleSpinBox()
-    spin.setRange(2.0, 2000.0)
+    spin.setRange(0.0, 2000.0)
+    spin.setSpecialValueText(AUTO)  # 0: measured from the image
     spin.setDecimals(0)
     spin.setSuffix(" px")
     spin.setValue(value)

@@ -37,6 +37,7 @@ class ModelPanel(QWidget):
         from ..core.strategies import STRATEGIES
 
         self.backbone = _registry_combo(BACKBONES.values(), default=BACKBONES.default)
+        _add_classic_choices(self.backbone, BACKBONES.names())
         self.weights = QLineEdit()
         self.weights.setPlaceholderText("checkpoint file (.pth, .safetensors)")
         self.weights_row = path_row(self.weights, self._browse_weights, "Choose the weights file")
@@ -88,7 +89,7 @@ class ModelPanel(QWidget):
                                         else "optional: a local copy of the weights")
         self.input_size.setSingleStep(spec.patch_size)
         self.input_size.setSpecialValueText(f"auto ({spec.input_size} px)")
-        self.crop_size.setSpecialValueText(f"auto ({spec.input_size} px)")
+        self.crop_size.setSpecialValueText("auto (2 cell diameters)")
 
     def _show_current_settings(self) -> None:
         """The controls follow the current embeddings, also when a saved model made them."""
@@ -100,7 +101,7 @@ class ModelPanel(QWidget):
             index = box.findData(signature.get(key))
             if index >= 0:
                 box.setCurrentIndex(index)
-        self.crop_size.setValue(int(signature.get("crop_size") or 0))
+        self.crop_size.setValue(int(signature.get("crop_size") or 0) if signature.get("crop_mode", "fixed") == "fixed" else 0)
         self.input_size.setValue(int(signature.get("input_size") or 0))
 
     def _browse_weights(self) -> None:
@@ -129,9 +130,14 @@ class ModelPanel(QWidget):
 
     # ---- choices --------------------------------------------------------------------------------------
     def spec(self):
+        """The chosen backbone's spec; for ``classic`` alone, the classic features' own (no weights)."""
         from ..core.backbones import BACKBONES
+        from ..core.classic.backbone import CLASSIC, SUFFIX
 
-        return BACKBONES[self.backbone.currentData()]
+        name = self.backbone.currentData()
+        if name == CLASSIC:
+            return _ClassicSpec()
+        return BACKBONES[name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name]
 
     def settings(self):
         from ..core.embedding import EmbedSettings
@@ -172,7 +178,7 @@ class ModelPanel(QWidget):
     def embed(self) -> bool:
         session = self.state.session
         session.require_cells()
-        name, weights, settings = self.spec().name, self.weights_path(), self.settings()
+        name, weights, settings = self.backbone.currentData(), self.weights_path(), self.settings()
         labels = session.labels
 
         def work(progress, cancel):
@@ -196,6 +202,21 @@ def _safe_describe(describe, name: str) -> str:
         return describe(name)
     except DinolocError as error:
         return str(error)
+
+
+class _ClassicSpec:
+    """What the panel reads from a spec, for the classic features (no weights, any input size)."""
+
+    name, source, patch_size, input_size = "classic", "random", 1, 64
+
+
+def _add_classic_choices(box: QComboBox, names) -> None:
+    """``classic`` and every backbone ``+classic``, after the backbones."""
+    tip = ("Classical per-cell features (intensity, radial distribution, texture, granularity, shape), "
+           "standardised with the training cells' statistics: the baseline deep features must beat.")
+    for name in ["classic", *(n + "+classic" for n in names)]:
+        box.addItem(name, name)
+        box.setItemData(box.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
 
 
 def _registry_combo(entries, default: str) -> QComboBox:

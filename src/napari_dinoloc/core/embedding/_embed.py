@@ -21,20 +21,25 @@ from ._signature import embedding_signature, result_signature
 def embed_cells(image, labels: np.ndarray, backbone: LoadedBackbone, settings: EmbedSettings = EmbedSettings(),
                 cache=None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                 table=None) -> Embeddings:
-    """One embedding per cell of ``labels`` (``table``: the CellTable of ``labels``, computed if not given)."""
+    """One embedding per cell of ``labels`` (``table``: the CellTable of ``labels``, computed if not given).
+
+    A feature extractor with its own ``embed_cells`` (the classic features) is handed the work."""
+    if getattr(backbone, "is_classic", False):
+        return backbone.embed_cells(image, labels, settings, cache=cache, progress=progress, cancel=cancel, table=table)
     settings = settings.resolved(backbone)
     stains = validate_stains(image.stains, image.data.shape[0], need_protein=False)
     if table is None:
         from ..segmentation import CellTable
 
         table = CellTable.from_labels(labels)
-    key = embedding_signature("cells", image, hash_array(labels), backbone, settings)
+    window = settings.window_for(table, image.shape)
+    key = embedding_signature("cells", image, hash_array(labels), backbone, settings, window=window)
     total = len(table.label)
     embedder = Embedder(backbone, settings)
     cached = _from_cache(cache, key, progress, total, np.asarray(table.label), embedder.output_dim(stains))
     if cached is not None:
         return cached
-    batches = iter_cell_crops(image, labels, table, settings.crop_size, settings.mask_background, settings.batch_size)
+    batches = iter_cell_crops(image, labels, table, window, settings.mask_background, settings.batch_size)
     ids, vectors = run_batches(embedder, batches, stains, total, progress, cancel, "Embedding cells")
     result = Embeddings(ids, vectors, result_signature(key, embedder, vectors))
     _to_cache(cache, key, result)

@@ -42,15 +42,21 @@ def signature_key(sig: dict) -> str:
 
 
 def embedding_signature(kind: str, image, labels_hash, backbone: LoadedBackbone, settings: EmbedSettings,
-                        tile_size=None) -> dict:
-    """The signature of embedding ``image`` (cells of labels with ``labels_hash``, or the field) this way."""
-    return signature(
+                        tile_size=None, window: int | None = None) -> dict:
+    """The signature of embedding ``image`` (cells of labels with ``labels_hash``, or the field) this way.
+
+    ``window``: the crop window used for these cells; when it came from the cell size, the signature
+    says so (crop_mode "cells", crop_cells) so that a bundle crops new images by their own cell size."""
+    sized = kind == "cells" and not settings.crop_size
+    crop = {"crop_mode": "cells" if sized else "fixed", "crop_cells": float(settings.crop_cells) if sized else None,
+            "resize_factor": (settings.input_size / window) if window else None}
+    return {**crop, **signature(
         kind=kind, image_hash=image.content_hash, labels_hash=labels_hash, stains=image.stains,
         backbone=backbone.name, weights_hash=backbone.weights_hash, strategy=settings.strategy,
-        embedding=settings.embedding, crop_size=settings.crop_size, input_size=settings.input_size,
+        embedding=settings.embedding, crop_size=window or settings.crop_size, input_size=settings.input_size,
         mask_background=settings.mask_background, tile_size=tile_size, device=backbone.device.type,
         precision=settings.precision,
-    )
+    )}
 
 
 def result_signature(key: dict, embedder, vectors: np.ndarray, **extra) -> dict:

@@ -63,11 +63,23 @@ def _crops_of(image, labels, wanted: Mapping[int, str], embed_settings: EmbedSet
     rows = np.flatnonzero(np.isin(table.label, list(wanted)))
     if len(rows) == 0:
         return
-    batches = iter_cell_crops(image, labels, _table_rows(table, rows), embed_settings.crop_size,
+    window = embed_settings.window_for(table, image.shape)  # from the cell size of this image unless fixed
+    batches = iter_cell_crops(image, labels, _table_rows(table, rows), window,
                               embed_settings.mask_background, embed_settings.batch_size)
     for ids, batch in batches:
+        if embed_settings.input_size and window != embed_settings.input_size:
+            batch = _resized(batch, embed_settings.input_size)  # crops of images with other cell sizes stack
         for label, crop in zip(ids, batch):
             yield int(label), crop
+
+
+def _resized(batch: np.ndarray, size: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=x.shape[-1] > size).numpy()
 
 
 def _table_rows(table, rows):

@@ -15,7 +15,7 @@ from ..heads import make_head
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from ._cells import check_annotations, collect_annotated_cells, embed_cell_crops
 from ._run import finetune_cells
-from ._settings import FinetuneSettings
+from ._settings import FinetuneSettings, refuse_classic
 
 
 @dataclass
@@ -57,6 +57,7 @@ def compare_frozen_vs_finetuned(
     from ..evaluation import stratified_folds, usable_folds
 
     settings = settings.checked()
+    refuse_classic(backbone)
     embed_settings = embed_settings.resolved(backbone)
     cells = collect_annotated_cells(image_cells, embed_settings, cancel)
     class_names, y = check_annotations(cells)

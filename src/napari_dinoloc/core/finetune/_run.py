@@ -12,12 +12,11 @@ from ..embedding import EmbedSettings
 from ..heads import MIN_CELLS_PER_CLASS, Head, as_vectors, make_head
 from ..progress import CancelToken, ProgressCallback
 from ._cells import CellSet, check_annotations, collect_annotated_cells, embed_cell_crops, stratified_split
-from ._settings import FinetuneSettings
+from ._settings import FinetuneSettings, refuse_classic
 from ._trainer import Trainer
 
 #: on_epoch(epoch, train_loss, val_f1): after every epoch, for a live plot.
 EpochCallback = Callable[[int, float, float], None]
-
 
 @dataclass
 class FinetuneResult:
@@ -34,7 +33,6 @@ class FinetuneResult:
     settings: FinetuneSettings
     validation: object = None  # evaluation.Evaluation on the validation cells (format_table() for a report)
 
-
 def finetune(
     image_cells: Iterable[tuple[object, np.ndarray, Mapping[int, str]]],
     backbone,
@@ -49,10 +47,10 @@ def finetune(
     ``image_cells`` may be a generator: each image is cropped and dropped before the next is read.
     """
     settings = settings.checked()
+    refuse_classic(backbone)
     embed_settings = embed_settings.resolved(backbone)
     cells = collect_annotated_cells(image_cells, embed_settings, cancel)
     return finetune_cells(cells, backbone, embed_settings, settings, progress, cancel, on_epoch)
-
 
 def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, settings: FinetuneSettings,
                    progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
@@ -84,7 +82,6 @@ def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, sett
         class_counts={name: int(np.sum(y == i)) for i, name in enumerate(class_names)},
         stains=cells.stains, embed_settings=embed_settings, settings=settings, validation=validation,
     )
-
 
 def validate_head(vectors, y, class_names, train, val, settings: FinetuneSettings):
     """Evaluation on the held-out validation cells of a head fitted on the training cells only."""

@@ -48,3 +48,12 @@ class FinetuneSettings:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise DinolocError(message)
+
+
+def refuse_classic(backbone) -> None:
+    """Classic features have no weights to train: say what to fine-tune instead."""
+    if getattr(backbone, "is_classic", False):
+        from ..errors import DinolocError
+
+        raise DinolocError(f"The {backbone.name!r} features cannot be fine-tuned (the classic part has no weights): "
+                           "fine-tune a backbone (e.g. --backbone dino-vits16), or train a head on classic features with dinoloc train.")

@@ -13,7 +13,7 @@ from ..progress import CancelToken, ProgressCallback
 #: Embedding settings a saved head depends on, as named in the embeddings' signature.
 SIGNATURE_OF_BUNDLE = {
     "backbone": "backbone_name", "weights_hash": "weights_hash", "strategy": "strategy", "embedding": "embedding",
-    "crop_size": "crop_size", "input_size": "input_size", "mask_background": "mask_background",
+    "input_size": "input_size", "mask_background": "mask_background",
 }
 
 
@@ -111,6 +111,10 @@ def embeddings_fit_bundle(bundle, embeddings) -> bool:
         return False
     signature = embeddings.signature
     same = all(signature.get(key) == getattr(bundle, field) for key, field in SIGNATURE_OF_BUNDLE.items())
+    if bundle.crop_size is None:  # windows from the cell size: same multiple of the cell diameter
+        same = same and signature.get("crop_mode") == "cells" and signature.get("crop_cells") == bundle.crop_cells
+    else:
+        same = same and signature.get("crop_mode", "fixed") == "fixed" and signature.get("crop_size") == bundle.crop_size
     return same and tuple(signature.get("stains", ())) == tuple(bundle.stains)
 
 

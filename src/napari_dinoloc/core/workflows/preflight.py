@@ -32,9 +32,9 @@ def image_stains(job, options) -> tuple:
 
 
 def _read(job, options):
-    from ..images import load_cell_image
+    from ..batch import load_job_image
 
-    return load_cell_image(job.source, options.stains, channel_axis=options.channel_axis)
+    return load_job_image(job, options)
 
 
 def preflight(jobs: Sequence, options, *, outputs: Sequence = (), out_dirs: Sequence = (), annotations=None,

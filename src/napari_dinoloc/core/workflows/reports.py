@@ -15,7 +15,9 @@ CAPTIONS = {
     "frozen": "frozen backbone + head",
     "finetuned": "fine-tuned backbone + head",
     "finetuned_in_use": "fine-tuned backbone in use + head",
+    "classic": "classic features + head (baseline, same folds)",
 }
+BASELINE = "classic"
 
 
 @dataclass
@@ -29,6 +31,8 @@ class EvaluationPlan:
     fine_tune: Optional[tuple] = None  # (image_cells, base backbone loader, embed settings, FinetuneSettings)
     seed: int = SEED
     fractions: Optional[Sequence[float]] = None  # low-shot curve fractions; None: the engine's
+    groups: Optional[Sequence] = None  # the image of each cell: folds split by image when several
+    baseline: Optional[Any] = None     # the same cells' classic features, scored on the same folds
 
 
 @dataclass
@@ -52,7 +56,12 @@ def evaluate(plan: EvaluationPlan, progress: Optional[ProgressCallback] = None, 
         report.evaluations = {"frozen": report.comparison.frozen, "finetuned": report.comparison.finetuned}
     else:
         report.evaluations = {plan.embeddings_name: cross_validate(
-            plan.kind, plan.vectors, plan.classes, plan.folds, plan.seed, progress, cancel, class_names=plan.class_names)}
+            plan.kind, plan.vectors, plan.classes, plan.folds, plan.seed, progress, cancel, class_names=plan.class_names,
+            groups=plan.groups)}
+        if plan.baseline is not None:  # the honest baseline, on the same folds (same classes, seed, groups)
+            report.evaluations[BASELINE] = cross_validate(
+                plan.kind, plan.baseline, plan.classes, plan.folds, plan.seed, progress, cancel,
+                class_names=plan.class_names, groups=plan.groups)
     if curve:
         report.curve = low_shot(plan, progress, cancel)
     return report
@@ -108,10 +117,20 @@ def report_text(report: Report, plan: EvaluationPlan, model: str) -> str:
                      "tick 'Compare with fine-tuning' for an honest estimate.")
     if report.comparison is not None:
         parts += ["", report.comparison.format_table()]
+    if BASELINE in report.evaluations:
+        parts += ["", baseline_line(report)]
     for name, evaluation in report.evaluations.items():
         parts += ["", f"== {CAPTIONS.get(name, name)} ==", evaluation.format_table()]
     parts += ["", "== Low-shot curve (current embeddings) ==", *low_shot_lines(report.curve)]
     return "\n".join(parts)
+
+
+def baseline_line(report: Report) -> str:
+    """The chosen features' macro-F1 next to the classic features' on the same folds."""
+    scores = {name: ev.macro_f1 for name, ev in report.evaluations.items()}
+    chosen = next(name for name in scores if name != BASELINE)
+    verdict = "the chosen features help" if scores[chosen] > scores[BASELINE] else "the classic features do as well or better"
+    return f"macro-F1: chosen features {scores[chosen]:.3f}, classic features {scores[BASELINE]:.3f} ({verdict})"
 
 
 def low_shot_lines(curve) -> list[str]:

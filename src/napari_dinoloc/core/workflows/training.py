@@ -23,6 +23,8 @@ class TrainingSet:
     vectors: np.ndarray          # (N, D) embeddings of the annotated cells
     classes: list                # their classes
     last_session: Any = None     # the last image's session (its stains describe the model)
+    images: list = field(default_factory=list)  # the image of each cell (folds split by image)
+    baseline: Optional[np.ndarray] = None  # the same cells described by the classic features, when asked
 
 
 @dataclass
@@ -44,14 +46,15 @@ def check_classes(annotations: Mapping[int, str], class_names) -> None:
     encode_classes(list(annotations.values()), len(annotations), class_names)
 
 
-def training_set(sessions: Iterable, annotations_path, notify=None) -> TrainingSet:
+def training_set(sessions: Iterable, annotations_path, notify=None, baseline=None) -> TrainingSet:
     """Embeddings of the annotated cells of every image (only these stay in memory). ``notify(line)``
-    hears of odd annotation rows (conflicting classes, labels that are not cells of the image)."""
+    hears of odd annotation rows (conflicting classes, labels that are not cells of the image).
+    ``baseline`` (e.g. a ClassicBackbone): the same cells also described by it, for a comparison."""
     from ..batch import classes_for_image, read_cell_classes
 
     cell_classes = read_cell_classes(annotations_path)
     _tell(notify, cell_classes.notes)
-    vectors, classes, last = [], [], None
+    vectors, classes, last, images, other = [], [], None, [], []
     for session in sessions:
         annotations = classes_for_image(cell_classes, session.image.name, cell_ids=session.table.label)
         _tell(notify, annotations.notes)
@@ -59,10 +62,21 @@ def training_set(sessions: Iterable, annotations_path, notify=None) -> TrainingS
             rows, names = session.annotated_training_set(annotations)
             vectors.append(rows)
             classes += names
+            images += [session.image.name] * len(names)
+            if baseline is not None:
+                other.append(_baseline_rows(session, baseline, annotations))
         last = session
     if not vectors:
         raise DinolocError(f"No cell of these images is annotated in {annotations_path}: check its image and label columns.")
-    return TrainingSet(np.concatenate(vectors), classes, last)
+    return TrainingSet(np.concatenate(vectors), classes, last, images, np.concatenate(other) if other else None)
+
+
+def _baseline_rows(session, baseline, annotations) -> np.ndarray:
+    """The annotated cells' rows of ``baseline``'s features, in the order annotated_training_set gives them."""
+    found = baseline.embed_cells(session.image, session.labels, None, table=session.table)
+    row_of = {int(label): i for i, label in enumerate(found.labels)}
+    wanted = sorted(row_of[int(label)] for label, name in annotations.items() if name and int(label) in row_of)
+    return found.vectors[wanted]
 
 
 def annotated_images(jobs: Sequence, options, annotations_path, progress: Optional[ProgressCallback] = None) -> Iterator[tuple]:
