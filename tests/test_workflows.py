@@ -166,9 +166,12 @@ def test_the_panel_report_of_a_session(field, backbone):
     plan = reports.session_plan(session, dict(field.cell_class), list(CLASSES), "logistic", 2)
     assert plan.embeddings_name == "frozen" and len(plan.classes) == len(field.cell_class)
     report = reports.build_report(plan)
-    assert all(path.is_file() for path in report.pictures.values()) and len(report.pictures) == 2
+    # the chosen features, the classic baseline on the same folds (computed in the worker), the curve
+    assert set(report.evaluations) == {"frozen", "classic"} and plan.baseline.shape[0] == len(plan.classes)
+    assert all(path.is_file() for path in report.pictures.values()) and len(report.pictures) == 3
     text = reports.report_text(report, plan, reports.model_description(session))
     assert f"Cells: {len(field.cell_class)} annotated" in text and "random-tiny" in text
+    assert "classic features" in text
     with pytest.raises(DinolocError, match="No annotated cells"):
         reports.session_plan(session, {}, list(CLASSES), "logistic", 2)
 

@@ -33,6 +33,7 @@ class EvaluationPlan:
     fractions: Optional[Sequence[float]] = None  # low-shot curve fractions; None: the engine's
     groups: Optional[Sequence] = None  # the image of each cell: folds split by image when several
     baseline: Optional[Any] = None     # the same cells' classic features, scored on the same folds
+    baseline_of: Optional[Any] = None  # () -> the baseline, computed in the worker when ``baseline`` is None
 
 
 @dataclass
@@ -58,6 +59,8 @@ def evaluate(plan: EvaluationPlan, progress: Optional[ProgressCallback] = None, 
         report.evaluations = {plan.embeddings_name: cross_validate(
             plan.kind, plan.vectors, plan.classes, plan.folds, plan.seed, progress, cancel, class_names=plan.class_names,
             groups=plan.groups)}
+        if plan.baseline is None and plan.baseline_of is not None:
+            plan.baseline = plan.baseline_of()
         if plan.baseline is not None:  # the honest baseline, on the same folds (same classes, seed, groups)
             report.evaluations[BASELINE] = cross_validate(
                 plan.kind, plan.baseline, plan.classes, plan.folds, plan.seed, progress, cancel,
@@ -125,6 +128,14 @@ def report_text(report: Report, plan: EvaluationPlan, model: str) -> str:
     return "\n".join(parts)
 
 
+def classic_rows(session, annotations: dict):
+    """The annotated cells of the session described by the classic features, in the training set's order."""
+    from ..classic import CLASSIC, load_features
+    from .training import baseline_rows
+
+    return baseline_rows(session, load_features(CLASSIC), annotations)
+
+
 def baseline_line(report: Report) -> str:
     """The chosen features' macro-F1 next to the classic features' on the same folds."""
     scores = {name: ev.macro_f1 for name, ev in report.evaluations.items()}
@@ -170,6 +181,8 @@ def session_plan(session, annotations: dict, class_names, kind: str, folds: int,
     vectors, classes = session.annotated_training_set(annotations)
     name = "finetuned_in_use" if is_fine_tuned(session.backbone) else "frozen"
     plan = EvaluationPlan(vectors, classes, list(class_names), kind, folds, name)
+    if session.embeddings.signature.get("backbone") != BASELINE:
+        plan.baseline_of = lambda: classic_rows(session, annotations)  # in the worker: a few seconds per field
     if fine_tune is not None:
         load_base, embed_settings, settings = fine_tune
         plan.fine_tune = ([(session.image, session.labels, annotations)], load_base, embed_settings, settings)

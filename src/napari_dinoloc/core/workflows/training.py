@@ -64,14 +64,14 @@ def training_set(sessions: Iterable, annotations_path, notify=None, baseline=Non
             classes += names
             images += [session.image.name] * len(names)
             if baseline is not None:
-                other.append(_baseline_rows(session, baseline, annotations))
+                other.append(baseline_rows(session, baseline, annotations))
         last = session
     if not vectors:
         raise DinolocError(f"No cell of these images is annotated in {annotations_path}: check its image and label columns.")
     return TrainingSet(np.concatenate(vectors), classes, last, images, np.concatenate(other) if other else None)
 
 
-def _baseline_rows(session, baseline, annotations) -> np.ndarray:
+def baseline_rows(session, baseline, annotations) -> np.ndarray:
     """The annotated cells' rows of ``baseline``'s features, in the order annotated_training_set gives them."""
     found = baseline.embed_cells(session.image, session.labels, None, table=session.table)
     row_of = {int(label): i for i, label in enumerate(found.labels)}
