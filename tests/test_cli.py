@@ -214,7 +214,8 @@ def test_finetuned_bundle_predicts_the_other_image(samples, tmp_path):
     assert all(r["weights_hash"].startswith("finetuned:") for r in rows)
 
 
-def test_help_shows_the_defaults_and_registry_choices(capsys):
+def test_help_shows_the_defaults_and_registry_choices(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at hyphens: "dinoloc-" / "cells" on a narrow terminal
     with pytest.raises(SystemExit) as exit_:
         main(["predict", "--help"])
     assert exit_.value.code == 0
