@@ -11,7 +11,7 @@ from ..devices import resolve_device
 from ..errors import DinolocError
 from ..files import atomic_write
 from ._checkpoint import read_checkpoint, weights_file_hash
-from ._fitting import SPEC_METADATA_KEY, _safetensors_spec, infer_spec, load_weights_into
+from ._fitting import SPEC_METADATA_KEY, _safetensors_spec, infer_spec, load_weights_into, spec_from_declared
 from ._registry import BACKBONES, BackboneSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -145,6 +145,9 @@ def _model_from_file(spec: BackboneSpec, path: Path):
     if spec.arch is None and not spec.arch_kwargs:  # the generic 'checkpoint' entry
         spec = infer_spec(state, _safetensors_spec(path), name=spec.name, path=path)
         _check_model_size(spec, state, path)  # the architecture came from the file: it may be crafted
+    elif spec.arch is None and spec.source == "file":  # a registered DINOv2-style file backbone
+        spec = spec_from_declared(spec, state, path)
+        _check_model_size(spec, state, path)
     model = _build_model(spec)
     load_weights_into(model, state, spec, path)
     return model, spec, weights_file_hash(path)
