@@ -22,9 +22,11 @@ _PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
 @dataclass
 class PreparedBatch:
-    inputs: object  # torch.Tensor (V*B, S, H, W): views stacked view-major
+    inputs: object  # torch.Tensor (V*B, S, H, W): the views the image has, stacked view-major
     n_views: int
     batch: int
+    #: which views ``inputs`` holds; the others (a stain role the image lacks) embed as zeros. None: all
+    present: tuple[int, ...] | None = None
 
 
 class Embedder:
@@ -61,10 +63,11 @@ class Embedder:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > size)  # antialias only when shrinking
         views = self.strategy.views(x, stains, self.backbone.spec.slots)
-        inputs = torch.cat([normalize(view, self.backbone.spec) for view in views], dim=0)
+        present = tuple(i for i, view in enumerate(views) if view is not None)
+        inputs = torch.cat([normalize(views[i], self.backbone.spec) for i in present], dim=0)
         if self.backbone.device.type == "cuda":
             inputs = inputs.pin_memory()
-        return PreparedBatch(inputs, len(views), x.shape[0])
+        return PreparedBatch(inputs, len(views), x.shape[0], None if len(present) == len(views) else present)
 
     def infer(self, prepared: PreparedBatch) -> np.ndarray:
         """(B, n_views * D) float32: the pooled tokens of every view, concatenated per crop."""
@@ -111,8 +114,16 @@ class Embedder:
 
 
 def join_views(pooled, prepared: PreparedBatch):
-    """(n_views * B, D) pooled tokens, view-major -> (B, n_views * D): each crop's views side by side."""
-    return pooled.reshape(prepared.n_views, prepared.batch, -1).permute(1, 0, 2).reshape(prepared.batch, -1)
+    """(n_present * B, D) pooled tokens, view-major -> (B, n_views * D): each crop's views side by side,
+    zeros for the views the image lacks (bag of channels)."""
+    import torch
+
+    per_view = pooled.reshape(-1, prepared.batch, pooled.shape[-1])
+    if prepared.present is not None:
+        parts = dict(zip(prepared.present, per_view))
+        per_view = torch.stack([parts[i] if i in parts else torch.zeros_like(per_view[0])
+                                for i in range(prepared.n_views)])
+    return per_view.permute(1, 0, 2).reshape(prepared.batch, -1)
 
 
 def pool_tokens(tokens, embedding: str, num_prefix_tokens: int):
