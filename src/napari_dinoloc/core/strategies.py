@@ -86,6 +86,16 @@ def bag_of_channels_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]
     return views
 
 
+def all_stains_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> list:
+    """One view holding every named stain, in the fixed STAIN_ROLES order: for channel-agnostic backbones
+    (CA-MAE), which take any number of stains; 'other' channels are skipped."""
+    channels = [channel_of(role, stains) for role in STAIN_ROLES]
+    channels = [c for c in channels if c is not None]
+    if not channels:
+        raise DinolocError("No channel has a known stain: name the channels (e.g. --channels protein=1,nucleus=0).")
+    return [crops[:, channels]]
+
+
 def protein_only_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> list:
     """One view: the protein channel copied into every slot."""
     channel = channel_of(PROTEIN, stains)
@@ -105,9 +115,14 @@ for _strategy in (
     ChannelStrategy(
         "replicate",
         "Each stain alone, copied into every input slot, embedded separately; the embeddings are "
-        "concatenated in the order protein, nucleus, microtubules, ER ('other' channels are skipped).",
+        "concatenated in the order protein, nucleus, microtubules, ER, DNA, RNA, AGP, Mito ('other' channels are skipped).",
         f"{ISSELMANN_2026}: channel-wise embedding; {DINO4CELLS}: ImageNet models on multichannel images",
         replicate_views,
+    ),
+    ChannelStrategy(
+        "protein-only",
+        "The protein channel copied into every input slot. One embedding.",
+        f"{ISSELMANN_2026}: channel replication", protein_only_views,
     ),
     ChannelStrategy(
         "bag-of-channels",
@@ -118,9 +133,11 @@ for _strategy in (
         "arXiv 2310.19224)", bag_of_channels_views,
     ),
     ChannelStrategy(
-        "protein-only",
-        "The protein channel copied into every input slot. One embedding.",
-        f"{ISSELMANN_2026}: channel replication", protein_only_views,
+        "all-stains",
+        "Every named stain at once, in the order " + ", ".join(STAIN_ROLES) + ", as many input channels as the "
+        "image has stains: for channel-agnostic backbones (ca-mae-vits16). One embedding (or one per stain "
+        "with the 'stain-means' embedding).",
+        "Kraus et al., channel-agnostic MAE (CVPR 2024, arXiv 2404.10242)", all_stains_views,
     ),
 ):
     STRATEGIES.register(_strategy.name, _strategy)

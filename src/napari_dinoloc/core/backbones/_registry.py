@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from .. import defaults
 from ..registry import Registry
+from ._camae import CA_MAE_ARCH
 from ..stains import CELL_PAINTING_SLOTS, HPA_SLOTS, NUCLEUS, PROTEIN, RGB_SLOTS
 
-NORMALIZATIONS = ("imagenet", "self")
+NORMALIZATIONS = ("imagenet", "self", "instance")
 SOURCES = ("timm", "file", "package", "random")
 
 DINO_PAPER = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers (ICCV 2021)"
@@ -23,6 +24,8 @@ DINOV2_PAPER = "Oquab et al., DINOv2: Learning Robust Visual Features without Su
 CELL_MODEL = "dinoloc-cells"  # the small cell ViT trained by scripts/pretrain_cell_model.py and shipped
 CELL_DINO_PAPER = ("Moutakanni, Doron et al., Cell-DINO / Channel-Adaptive DINO (DINOv2 code base, "
                    "dinov2/hub/cell_dino; non-commercial licence, weights from a file)")
+CA_MAE_PAPER = ("Kraus et al., Masked Autoencoders for Microscopy are Scalable Learners of Cellular Biology "
+                "(CVPR 2024; OpenPhenom, recursionpharma/maes_microscopy; non-commercial licence)")
 DINO4CELLS_PAPER = "Doron, Moutakanni et al., Unbiased single-cell morphology with self-supervised vision transformers (DINO4Cells)"
 
 
@@ -84,6 +87,15 @@ def _register_defaults() -> None:
         arch_kwargs={"in_chans": 4},
     ))
     _register_cell_dino()
+    register_backbone(BackboneSpec(
+        name="ca-mae-vits16",
+        description="Channel-agnostic MAE encoder (OpenPhenom ViT-S/16, 256 px): one shared patch embedding for "
+                    "every stain, any number and order of stains (use the 'all-stains' strategy; embedding 'mean' "
+                    "or 'stain-means'); needs the published weights file (--weights).",
+        paper=CA_MAE_PAPER, source="file", arch=CA_MAE_ARCH, slots=CELL_PAINTING_SLOTS, normalization="instance",
+        input_size=256, patch_size=16,
+        arch_kwargs={"img_size": 256, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    ))
     register_backbone(BackboneSpec(
         name="checkpoint",
         description="Any local ViT checkpoint; the architecture is read from the file "

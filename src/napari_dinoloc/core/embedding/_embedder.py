@@ -49,8 +49,14 @@ class Embedder:
                 s.embedding, s.input_size)
 
     def output_dim(self, stains: Sequence[str]) -> int:
-        per_view = self.backbone.embed_dim * (2 if self.settings.embedding == "cls+mean" else 1)
-        return per_view * self.strategy.count_views(stains, self.backbone.spec.slots)
+        import torch
+
+        slots = self.backbone.spec.slots
+        parts = {"cls+mean": 2, "stain-means": None}.get(self.settings.embedding, 1)
+        if parts is None:  # one part per stain of a view
+            views = self.strategy.views(torch.zeros(1, len(stains), 1, 1), stains, slots)
+            parts = next(v.shape[1] for v in views if v is not None)
+        return self.backbone.embed_dim * parts * self.strategy.count_views(stains, slots)
 
     def prepare(self, crops: np.ndarray, stains: Sequence[str]) -> PreparedBatch:
         """Resize, map stains to slots, normalise: everything before the model (safe in a worker thread)."""
@@ -95,7 +101,7 @@ class Embedder:
         else:
             with torch.autocast(device_type=self.backbone.device.type, dtype=dtype):
                 tokens = self.backbone.tokens(x)
-        return pool_tokens(tokens.float(), self.settings.embedding, self.backbone.num_prefix_tokens)
+        return pool_tokens(tokens.float(), self.settings.embedding, self.backbone.num_prefix_tokens, x.shape[1])
 
     def _choose_precision(self, x):
         """Run the first batch in fp32 and in reduced precision; keep the latter only if it agrees."""
@@ -126,13 +132,17 @@ def join_views(pooled, prepared: PreparedBatch):
     return per_view.permute(1, 0, 2).reshape(prepared.batch, -1)
 
 
-def pool_tokens(tokens, embedding: str, num_prefix_tokens: int):
-    """(B, N, D) tokens -> (B, D) CLS, (B, D) mean of patch tokens, or (B, 2D) both."""
+def pool_tokens(tokens, embedding: str, num_prefix_tokens: int, stains: int = 1):
+    """(B, N, D) tokens -> (B, D) CLS, (B, D) mean of patch tokens, (B, 2D) both, or (B, stains*D) the
+    mean patch token of each stain (tokens ordered stain by stain, as a channel-agnostic backbone gives)."""
     import torch
 
     cls = tokens[:, 0]
     if embedding == "cls":
         return cls
+    if embedding == "stain-means":
+        patches = tokens[:, num_prefix_tokens:]
+        return patches.reshape(tokens.shape[0], stains, -1, tokens.shape[-1]).mean(dim=2).flatten(1)
     mean = tokens[:, num_prefix_tokens:].mean(dim=1)
     return mean if embedding == "mean" else torch.cat([cls, mean], dim=1)
 
