@@ -67,3 +67,26 @@ def _grown(mask, pixels):
     from scipy.ndimage import binary_dilation
 
     return binary_dilation(mask, iterations=pixels)
+
+
+def test_dinoloc_patchmap_writes_aligned_tiffs(tmp_path, capsys):
+    import tifffile
+
+    from napari_dinoloc.cli import main
+
+    assert main(["sample", str(tmp_path), "--count", "1", "--size", "256"]) == 0
+    field, labels = tmp_path / "field_000.tif", tmp_path / "field_000_labels.tif"
+    common = [str(field), "--labels", str(labels), "--backbone", "random-tiny", "--channels", "nucleus=0,protein=1",
+              "--patches", "32"]
+    assert main(["patchmap", *common, "--out", str(tmp_path / "pca.tif")]) == 0
+    pca = tifffile.imread(tmp_path / "pca.tif")
+    cells = tifffile.imread(labels) > 0
+    assert pca.shape == (3, 256, 256) and pca.dtype == np.uint8
+    assert pca[:, cells].max() > 200 and pca[:, ~cells].mean() < pca[:, cells].mean()  # colour on cells, black off
+    point = np.argwhere(cells)[len(np.argwhere(cells)) // 2]
+    assert main(["patchmap", *common, "--out", str(tmp_path / "similar.tif"),
+                 "--similar-to", f"{point[0]},{point[1]}"]) == 0
+    similar = tifffile.imread(tmp_path / "similar.tif")
+    assert similar.shape == (256, 256) and similar[point[0], point[1]] == pytest.approx(1.0, abs=1e-5)
+    assert "32x32 patches of 8.0 px" in capsys.readouterr().out
+    assert main(["patchmap", *common, "--out", str(tmp_path / "x.tif"), "--similar-to=-50,3"]) == 2
