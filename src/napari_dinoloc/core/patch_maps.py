@@ -39,11 +39,12 @@ class PatchTokens:
 
 
 def patch_tokens(image, backbone, labels: np.ndarray | None = None, region=None, strategy: str = "natural",
-                 patches_per_side: int | None = None) -> PatchTokens:
+                 patches_per_side: int | None = None, scale: float | None = None) -> PatchTokens:
     """The patch tokens of ``region`` ((y0, x0, y1, x1); default the whole image) on their grid.
 
-    The region is resized so that a patch covers about as many image pixels as a cell crop's patch
-    would (``patches_per_side`` along the longer side: default twice the backbone's grid).
+    The region is resized by ``scale`` (model pixels per image pixel: the embedding's input size over
+    its crop size sees cells as the embeddings do), or to ``patches_per_side`` patches along its longer
+    side (default: twice the backbone's grid); never beyond MAX_INPUT_SIDE model pixels.
     """
     import torch
     import torch.nn.functional as F
@@ -54,7 +55,8 @@ def patch_tokens(image, backbone, labels: np.ndarray | None = None, region=None,
     y0, x0, y1, x1 = _checked_region(region, image.data.shape[1:])
     patch = backbone.spec.patch_size
     per_side = patches_per_side or 2 * (backbone.spec.input_size // patch)
-    scale = min(per_side * patch, MAX_INPUT_SIDE) / max(y1 - y0, x1 - x0)
+    longest = max(y1 - y0, x1 - x0)
+    scale = min(scale * longest if scale else per_side * patch, MAX_INPUT_SIDE) / longest
     size = [max(1, round((y1 - y0) * scale / patch)) * patch, max(1, round((x1 - x0) * scale / patch)) * patch]
     x = torch.from_numpy(np.ascontiguousarray(image.data[:, y0:y1, x0:x1], dtype=np.float32))[None]
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)

@@ -46,7 +46,9 @@ class PatchMapPanel(QWidget):
 
         def work(progress, cancel):
             backbone = session.get_backbone(name, weights, settings.device)
-            patches = patch_tokens(image, backbone, labels, region, settings.strategy)
+            # cells at the scale the embeddings see them: the crop size resized to the input size
+            scale = (settings.input_size or backbone.spec.input_size) / settings.crop_size if settings.crop_size else None
+            patches = patch_tokens(image, backbone, labels, region, settings.strategy, scale=scale)
             return patches, pca_colours(patches)
 
         return self.runner.run("Patch colours", work, lambda result: self._show_pca(*result))
