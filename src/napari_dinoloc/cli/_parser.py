@@ -49,8 +49,10 @@ def image_options() -> argparse.ArgumentParser:
 
     seg = SegmentationParams()
     parser = Parser(add_help=False, formatter_class=FORMATTER)
-    parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id)")
-    parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, other)")
+    parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id, "
+                        "Cell Painting <site>-chN... files per site)")
+    parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, "
+                        "Cell Painting dna, rna, agp, mito; other)")
     parser.add_argument("--channel-axis", type=int, help="axis of the channels when it cannot be detected")
     parser.add_argument("--labels", nargs="+", type=Path, default=[], help="label images with the cells (one per image, same order); default: segment")
     parser.add_argument("--nucleus-diameter", type=float, default=seg.nucleus_diameter, help="typical nucleus diameter in pixels")
