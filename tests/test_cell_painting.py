@@ -81,3 +81,14 @@ def test_real_cell_painting_sites_load_named_and_embed(shared_data, five_slot_ti
     present = {STAIN_ROLES.index(roles.get(s, s)) for s in named}
     assert all(np.abs(parts[i]).max() > 0 for i in present)
     assert not parts[[i for i in range(len(STAIN_ROLES)) if i not in present]].any()
+
+
+def test_a_bright_field_channel_is_not_named_as_a_dye(tmp_path):
+    rng = np.random.default_rng(3)
+    spots = ((rng.random((32, 32)) > 0.8) * 3000 + 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "r01c01f01p01-ch5sk1fk1fl1.tiff", spots)  # DNA: dark background, bright nuclei
+    bright_field = (11000 + rng.normal(0, 300, (32, 32))).astype(np.uint16)  # bright background everywhere
+    tifffile.imwrite(tmp_path / "r01c01f01p01-ch1sk1fk1fl1.tiff", bright_field)
+    image = load_cell_image(tmp_path / "r01c01f01p01-ch5sk1fk1fl1.tiff")
+    assert image.stains == ("dna", OTHER)
+    assert any("looks like bright field" in note and "MITO" in note for note in image.notes)
