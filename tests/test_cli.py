@@ -221,7 +221,7 @@ def test_help_shows_the_defaults_and_registry_choices(capsys, monkeypatch):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default: {HEADS.default})" in text and f"(default: {BACKBONES.default})" in text
-    assert "{natural,replicate,protein-only}" in text
+    assert "{natural,replicate,protein-only,bag-of-channels,all-stains}" in text
     with pytest.raises(SystemExit) as exit_:
         main(["train", "x.tif", "--annotations", "a.csv", "--out", "m.dinoloc", "--head", "forest"])
     assert exit_.value.code == 2 and "invalid choice: 'forest'" in capsys.readouterr().err

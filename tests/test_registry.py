@@ -30,7 +30,7 @@ def test_a_registry_looks_up_by_name_and_lists_the_names_when_it_cannot():
 def test_the_three_registries_share_the_shape_and_take_their_default_from_defaults():
     assert BACKBONES.default == defaults.BACKBONE == "dinoloc-cells" and defaults.BACKBONE in BACKBONES
     assert BACKBONES[defaults.BACKBONE].source == "package"  # the default works offline
-    assert STRATEGIES.default == defaults.STRATEGY == "natural" and STRATEGIES.names() == ("natural", "replicate", "protein-only")
+    assert STRATEGIES.default == defaults.STRATEGY == "natural" and STRATEGIES.names() == ("natural", "replicate", "protein-only", "bag-of-channels", "all-stains")
     assert HEADS.default == defaults.HEAD == "logistic" and HEADS.lookup("logistic") is LogisticHead
     assert HEADS.names() == ("knn", "logistic", "mlp")
     with pytest.raises(DinolocError, match="Unknown backbone 'vit-huge'.*dino-vits16"):

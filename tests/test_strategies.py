@@ -123,6 +123,6 @@ def test_strategies_refuse_images_they_cannot_map():
 
 
 def test_every_strategy_is_described_and_cites_its_paper():
-    assert set(STRATEGIES) == {"natural", "replicate", "protein-only"}
+    assert set(STRATEGIES) == {"natural", "replicate", "protein-only", "bag-of-channels", "all-stains"}
     for strategy in STRATEGIES.values():
         assert strategy.description and "arXiv" in strategy.paper

@@ -285,6 +285,21 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_patchmap(args) -> int:
+    from ..core.workflows.patch_maps import write_patch_map
+
+    plan = preflight(args, outputs=[args.out])
+    if len(plan.jobs) != 1:
+        raise DinolocError(f"dinoloc patchmap makes the map of one image; {len(plan.jobs)} were given. Give one image.")
+    written = write_patch_map(plan.jobs[0], options(args), load_backbone(args), args.out, args.similar_to,
+                              args.region, args.patches, progress=TextProgress())
+    what = "PCA colours (R, G, B)" if written.kind == "pca" else "similarity to the patch at " + ",".join(
+        f"{v:g}" for v in args.similar_to)
+    print(f"{written.path}: {what}, {written.grid[0]}x{written.grid[1]} patches of "
+          f"{written.patch_pixels[0]:.1f} px")
+    return 0
+
+
 def cmd_backbones(args) -> int:
     from ..core.backbones import BACKBONES
     from ..core.strategies import STRATEGIES
@@ -321,6 +336,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "finetune": cmd_finetune,
     "pretrain": cmd_pretrain,
+    "patchmap": cmd_patchmap,
     "backbones": cmd_backbones,
     "demo": cmd_demo,
 }

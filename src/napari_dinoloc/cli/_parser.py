@@ -56,8 +56,10 @@ def image_options() -> argparse.ArgumentParser:
     from ..core.stains import ER, MICROTUBULES, OTHER
 
     parser = Parser(add_help=False, formatter_class=FORMATTER)
-    parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id)")
-    parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, other)")
+    parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id, "
+                        "Cell Painting <site>-chN... files per site)")
+    parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, "
+                        "Cell Painting dna, rna, agp, mito; other)")
     parser.add_argument("--channel-axis", type=int, help="axis of the channels when it cannot be detected")
     parser.add_argument("--labels", nargs="+", type=Path, default=[], help="label images with the cells (one per image, same order); default: segment")
     parser.add_argument("--nucleus-diameter", type=diameter, default=None, metavar="PX|auto",
@@ -163,6 +165,29 @@ def pretrain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-cache", type=Path, help="folder of the cell crop cache (default: in the user cache folder)")
 
 
+def point(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError("write the point as Y,X in image pixels, e.g. 120,340")
+    return float(parts[0]), float(parts[1])
+
+
+def box(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError("write the region as Y0,X0,Y1,X1 in image pixels")
+    return tuple(int(p) for p in parts)
+
+
+def patch_map_options(parser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="TIFF to write, aligned with the image")
+    parser.add_argument("--similar-to", type=point, metavar="Y,X",
+                        help="instead of PCA colours: cosine similarity of every patch to the patch at this pixel")
+    parser.add_argument("--region", type=box, metavar="Y0,X0,Y1,X1", help="part of the image (default: all of it)")
+    parser.add_argument("--patches", type=positive_int, help="patches along the longer side of the region "
+                        "(default: twice the backbone's grid)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..core.backbones import BACKBONES
 
@@ -222,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = add("pretrain", "self-supervised DINO training on the cells of the images (no labels needed)", [images])
     pretrain_options(pretrain)
+
+    patchmap = add("patchmap", "patch feature map of one image as a TIFF: PCA colours, or patches similar to one",
+                   [images, model])
+    patch_map_options(patchmap)
 
     add("backbones", "list the backbones and channel strategies")
 

@@ -114,10 +114,11 @@ def guarded(jobs: Sequence["ImageJob"], skips: Optional[Skips], call: Callable) 
 
 
 def image_jobs(paths: Sequence[str | Path], labels: Sequence[str | Path] = ()) -> list[ImageJob]:
-    """Group HPA per-stain files (<id>_red.png ...) into one image; pair label images in order."""
-    from .images import find_hpa_groups
+    """Group HPA per-stain files (<id>_red.png ...) and Cell Painting channel files (<site>-chN...)
+    into one image each; pair label images in order."""
+    from .images import find_cell_painting_groups, find_hpa_groups
 
-    sources = _group_sources([Path(p) for p in paths], find_hpa_groups)
+    sources = _group_sources([Path(p) for p in paths], lambda ps: find_hpa_groups(ps) + find_cell_painting_groups(ps))
     if labels and len(labels) != len(sources):
         raise DinolocError(
             f"{len(labels)} label image(s) given for {len(sources)} image(s): give one label image per image, in the same order."

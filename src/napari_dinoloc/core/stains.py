@@ -7,7 +7,19 @@ from typing import Sequence
 from .errors import DinolocError
 
 PROTEIN, NUCLEUS, MICROTUBULES, ER, OTHER = "protein", "nucleus", "microtubules", "er", "other"
-STAINS = (PROTEIN, NUCLEUS, MICROTUBULES, ER, OTHER)
+#: Cell Painting dyes: Hoechst (DNA), SYTO 14 (RNA, nucleoli), concanavalin A (ER), phalloidin + WGA
+#: (AGP: actin, Golgi, plasma membrane), MitoTracker (Mito). ER is the same stain name as HPA's.
+DNA, RNA, AGP, MITO = "dna", "rna", "agp", "mito"
+STAINS = (PROTEIN, NUCLEUS, MICROTUBULES, ER, DNA, RNA, AGP, MITO, OTHER)
+
+#: The true channel order of the common public Cell Painting sets (JUMP, cpg0000...): DNA, RNA, ER, AGP,
+#: Mito. One released analysis listed them in another order: check a set's metadata before relying on it.
+CELL_PAINTING_SLOTS = (DNA, RNA, ER, AGP, MITO)
+#: Stains that mark the same structure: a Cell Painting DNA channel is the nucleus stain (segmentation,
+#: a model's nucleus slot), and an HPA nucleus channel fills a Cell Painting model's DNA slot.
+SAME_ROLE = {NUCLEUS: DNA, DNA: NUCLEUS}
+#: One entry per structure, in a fixed order (the nucleus role covers DNA): bag-of-channels' order.
+STAIN_ROLES = (PROTEIN, NUCLEUS, MICROTUBULES, ER, RNA, AGP, MITO)
 
 #: Kaggle/HPA channel order used by DINO4Cells: the protein is slot 1.
 HPA_SLOTS = (MICROTUBULES, PROTEIN, NUCLEUS, ER)
@@ -58,9 +70,12 @@ def validate_stains(stains: Sequence[str], n_channels: int, need_protein: bool =
 
 
 def channel_of(stain: str, stains: Sequence[str]) -> int | None:
-    """The first channel holding ``stain``, or None when no channel does."""
+    """The first channel holding ``stain`` (or a stain of the same role: DNA for nucleus), or None."""
     stains = tuple(stains)
-    return stains.index(stain) if stain in stains else None
+    if stain in stains:
+        return stains.index(stain)
+    alias = SAME_ROLE.get(stain)
+    return stains.index(alias) if alias in stains else None
 
 
 def channel_order(needed: Sequence[str], available: Sequence[str]) -> tuple[int, ...] | None:

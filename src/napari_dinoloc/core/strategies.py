@@ -1,7 +1,8 @@
 """Channel strategies: how the stains of an image fill the input slots of a backbone.
 
 A strategy turns a batch of crops (B, C, H, W) in raw [0, 1] intensity into one or more views
-(B, S, H, W), S = the backbone's slots. Each view is embedded and the view embeddings are concatenated.
+(B, S, H, W), S = the backbone's slots. Each view is embedded and the view embeddings are concatenated;
+a view given as None (a stain role the image lacks) is not run through the model and embeds as zeros.
 Zero-filling happens here, before normalisation: a zero slot is "no signal" in the stain's own scale.
 """
 
@@ -13,7 +14,7 @@ from typing import Callable, Sequence
 from . import defaults
 from .errors import DinolocError
 from .registry import Registry
-from .stains import OTHER, PROTEIN, STAINS, channel_of
+from .stains import OTHER, PROTEIN, STAIN_ROLES, STAINS, channel_of
 
 ISSELMANN_2026 = ("Isselmann, Göksu, Neumann, Weinmann, Using Deep Learning Models Pretrained by "
                   "Self-Supervised Learning for Protein Localization (arXiv 2604.10970)")
@@ -73,6 +74,28 @@ def natural_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> lis
     return [view]
 
 
+def bag_of_channels_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> list:
+    """One view per stain role in the fixed STAIN_ROLES order, the stain copied into every slot (one slot
+    for a channel-adaptive model); None for a role the image lacks. Same width for every image."""
+    views = []
+    for role in STAIN_ROLES:
+        channel = channel_of(role, stains)
+        views.append(None if channel is None else _fill_all_slots(crops, channel, len(slots)))
+    if all(view is None for view in views):
+        raise DinolocError("No channel has a known stain: name the channels (e.g. --channels protein=1,nucleus=0).")
+    return views
+
+
+def all_stains_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> list:
+    """One view holding every named stain, in the fixed STAIN_ROLES order: for channel-agnostic backbones
+    (CA-MAE), which take any number of stains; 'other' channels are skipped."""
+    channels = [channel_of(role, stains) for role in STAIN_ROLES]
+    channels = [c for c in channels if c is not None]
+    if not channels:
+        raise DinolocError("No channel has a known stain: name the channels (e.g. --channels protein=1,nucleus=0).")
+    return [crops[:, channels]]
+
+
 def protein_only_views(crops, stains: tuple[str, ...], slots: tuple[str, ...]) -> list:
     """One view: the protein channel copied into every slot."""
     channel = channel_of(PROTEIN, stains)
@@ -92,7 +115,7 @@ for _strategy in (
     ChannelStrategy(
         "replicate",
         "Each stain alone, copied into every input slot, embedded separately; the embeddings are "
-        "concatenated in the order protein, nucleus, microtubules, ER ('other' channels are skipped).",
+        "concatenated in the order protein, nucleus, microtubules, ER, DNA, RNA, AGP, Mito ('other' channels are skipped).",
         f"{ISSELMANN_2026}: channel-wise embedding; {DINO4CELLS}: ImageNet models on multichannel images",
         replicate_views,
     ),
@@ -100,6 +123,21 @@ for _strategy in (
         "protein-only",
         "The protein channel copied into every input slot. One embedding.",
         f"{ISSELMANN_2026}: channel replication", protein_only_views,
+    ),
+    ChannelStrategy(
+        "bag-of-channels",
+        "Each stain alone through the model (one slot, or copied into every slot), the embeddings concatenated "
+        f"in the fixed order {', '.join(STAIN_ROLES)} (DNA counts as nucleus), zeros for a stain the image "
+        "lacks: the same width for images with any number of stains.",
+        "Channel-Adaptive DINO / Cell-DINO 'bag of channels'; benchmark: Chen et al., CHAMMI (NeurIPS 2023, "
+        "arXiv 2310.19224)", bag_of_channels_views,
+    ),
+    ChannelStrategy(
+        "all-stains",
+        "Every named stain at once, in the order " + ", ".join(STAIN_ROLES) + ", as many input channels as the "
+        "image has stains: for channel-agnostic backbones (ca-mae-vits16). One embedding (or one per stain "
+        "with the 'stain-means' embedding).",
+        "Kraus et al., channel-agnostic MAE (CVPR 2024, arXiv 2404.10242)", all_stains_views,
     ),
 ):
     STRATEGIES.register(_strategy.name, _strategy)

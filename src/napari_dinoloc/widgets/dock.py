@@ -13,6 +13,7 @@ from .annotate_panel import AnnotatePanel
 from .finetune_panel import FinetunePanel
 from .image_panel import ImagePanel
 from .model_panel import ModelPanel
+from .patch_map_panel import PatchMapPanel
 from .predict_panel import BUNDLE, PredictPanel
 from .pretrain_panel import PretrainPanel
 from .report_panel import ReportPanel
@@ -39,6 +40,7 @@ class DinolocWidget(QWidget):
         self.report_panel = ReportPanel(self.state, self.runner, head_kind=self.head_kind,
                                         finetune_inputs=self.finetune_panel.inputs)
         self.pretrain_panel = PretrainPanel(self.state, self.runner, self.model_panel)
+        self.patch_map_panel = PatchMapPanel(self.state, self.runner, self.model_panel)
         self._build()
         self.destroyed.connect(self.runner.close)  # a closed dock drops the result of its running job
 
@@ -51,7 +53,8 @@ class DinolocWidget(QWidget):
                              ("3 · Annotate", self.annotate_panel), ("4 · Predict and export", self.predict_panel),
                              ("5 · Fine-tune the backbone", self.finetune_panel),
                              ("6 · Evaluation report", self.report_panel),
-                             ("7 · Adapt the model to these cells (self-supervised)", self.pretrain_panel)):
+                             ("7 · Adapt the model to these cells (self-supervised)", self.pretrain_panel),
+                             ("8 · Patch feature maps", self.patch_map_panel)):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
             inner.setContentsMargins(6, 6, 6, 6)
@@ -72,7 +75,7 @@ class DinolocWidget(QWidget):
         layout.addWidget(self.job_bar)
 
     def show_step(self, index: int) -> None:
-        """Scroll step ``index`` (0-6) into view."""
+        """Scroll step ``index`` (0-7) into view."""
         self.scroll.ensureWidgetVisible(self.sections[index], 0, 0)
 
     def head_kind(self) -> str:

@@ -16,6 +16,7 @@ EMBEDDING_LABELS = {
     "cls": "CLS token",
     "cls+mean": "CLS + mean of patch tokens",
     "mean": "mean of patch tokens",
+    "stain-means": "mean patch token of each stain (CA-MAE)",
 }
 WEIGHT_FILES = "Weights (*.pth *.pt *.ckpt *.safetensors *.bin);;All files (*)"
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from ..errors import DinolocError
 from ..files import hash_file
+from ._dinov2 import dinov2_to_timm
 from ..tensor_files import PICKLE, SAFETENSORS, TORCH_ZIP, file_kind, read_safetensors_header
 
 _DROP_PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO's MultiCropWrapper, torch.compile
-_NESTED_KEYS = ("teacher", "state_dict", "model")  # DINO evaluates the teacher, not the student
+_NESTED_KEYS = ("teacher", "state_dict", "model", "student")  # DINO evaluates the teacher; a student alone is used
 _DROP_KEYS = ("mask_token",)  # DINOv2 training-only token
 
 
@@ -22,7 +23,8 @@ def read_checkpoint(path: str | Path) -> dict:
     """The backbone state dict stored in ``path`` (safetensors or a torch file), read without running code.
 
     DINO training checkpoints yield their teacher; ``module.``/``backbone.`` prefixes are stripped and
-    the DINO projection head (``head.*``) is dropped.
+    the DINO projection heads (``head.*``, ``dino_head.*``, ``ibot_head.*``) are dropped; DINOv2-layout
+    files (register tokens, chunked blocks) are given timm's names.
     """
     path = Path(path)
     if not path.is_file():
@@ -101,6 +103,7 @@ def _backbone_state(raw, path: Path) -> dict:
         if key.startswith("head.") or key in _DROP_KEYS:  # DINO projection head: not part of the backbone
             continue
         state[key] = value
+    state = dinov2_to_timm(state)  # DINOv2 / Cell-DINO hub layout -> timm names
     if not state:
         raise DinolocError(f"{path.name} holds no model weights (no tensors found). Give a checkpoint or state dict file.")
     return state

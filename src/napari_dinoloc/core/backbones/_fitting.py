@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from ..errors import DinolocError
-from ..stains import HPA_SLOTS, NUCLEUS, PROTEIN, RGB_SLOTS
+from ..stains import CELL_PAINTING_SLOTS, HPA_SLOTS, NUCLEUS, PROTEIN, RGB_SLOTS
 from ..tensor_files import check_limit
 from ._checkpoint import is_safetensors
 from ._registry import BACKBONES, DINO_PAPER, BackboneSpec
@@ -111,7 +111,33 @@ def infer_spec(state: dict, stored: dict | None = None, name: str = "checkpoint"
     )
 
 
+#: What a registered architecture declares that a file must match, worded as load_weights_into words it.
+_DECLARED = (("in_chans", "patch embedding expects {} input channels, the file has {}"),
+             ("patch_size", "patch size expected {}, the file has {}"),
+             ("embed_dim", "embedding width expected {}, the file has {}"),
+             ("depth", "the backbone has {} transformer blocks, the file has {}"))
+
+
+def spec_from_declared(spec: BackboneSpec, state: dict, path: Path) -> BackboneSpec:
+    """``spec`` (a registered file backbone: slots, size, normalisation) with the architecture read from
+    ``state`` (layer scale, registers, position layout), or a refusal naming what differs from ``spec``."""
+    found = infer_spec(state, name=spec.name, path=path).arch_kwargs
+    differences = [words.format(spec.arch_kwargs[key], found[key])
+                   for key, words in _DECLARED if key in spec.arch_kwargs and spec.arch_kwargs[key] != found[key]]
+    if differences:
+        raise DinolocError(
+            f"The weights file {path.name} does not fit the backbone {spec.name!r} ({'; '.join(differences)}). "
+            "Choose the file this backbone names, or 'checkpoint' to read the architecture from the file."
+        )
+    kwargs = {**found, "num_heads": spec.arch_kwargs.get("num_heads", found["num_heads"])}
+    return BackboneSpec(name=spec.name, description=spec.description, paper=spec.paper, source=spec.source,
+                        arch=None, slots=spec.slots, normalization=spec.normalization,
+                        input_size=spec.input_size, patch_size=spec.patch_size, arch_kwargs=kwargs)
+
+
 def _slots_for_channels(in_chans: int) -> tuple[tuple[str, ...], str]:
+    if in_chans == 5:
+        return CELL_PAINTING_SLOTS, "self"  # Cell-DINO's Cell Painting models
     if in_chans == 4:
         return HPA_SLOTS, "self"
     if in_chans == 3:
@@ -122,7 +148,8 @@ def _slots_for_channels(in_chans: int) -> tuple[tuple[str, ...], str]:
         return (PROTEIN,), "self"
     raise DinolocError(
         f"The checkpoint's model takes {in_chans} input channels; napari-dinoloc knows what 1 (protein), "
-        "2 (protein, nucleus), 3 (RGB) or 4 (HPA: microtubules, protein, nucleus, ER) channels mean."
+        "2 (protein, nucleus), 3 (RGB), 4 (HPA: microtubules, protein, nucleus, ER) or 5 (Cell Painting: "
+        "DNA, RNA, ER, AGP, Mito) channels mean."
     )
 
 
@@ -146,7 +173,8 @@ def _arch_kwargs_from_state(state: dict, dim: int, in_chans: int, patch_size: in
         tokens = int(pos.shape[1])
         prefix = int(class_token) + reg_tokens
         grid = math.isqrt(tokens - prefix)
-        if grid * grid != tokens - prefix and math.isqrt(tokens) ** 2 == tokens:
+        # a square count with a prefix: no position for CLS/registers (timm's DINOv2-with-registers layout)
+        if prefix and math.isqrt(tokens) ** 2 == tokens and (reg_tokens or grid * grid != tokens - prefix):
             grid, kwargs["no_embed_class"] = math.isqrt(tokens), True
         kwargs["img_size"] = grid * patch_size
     return kwargs

@@ -10,8 +10,9 @@ from typing import Any
 from ..devices import resolve_device
 from ..errors import DinolocError
 from ..files import atomic_write
+from ._camae import CA_MAE_ARCH, INSTANCE_NORM_EPS, build_ca_mae, ca_mae_state
 from ._checkpoint import read_checkpoint, weights_file_hash
-from ._fitting import SPEC_METADATA_KEY, _safetensors_spec, infer_spec, load_weights_into
+from ._fitting import SPEC_METADATA_KEY, _safetensors_spec, infer_spec, load_weights_into, spec_from_declared
 from ._registry import BACKBONES, CELL_MODEL, BackboneSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,6 +99,8 @@ def packaged_weights(name: str) -> Path:
 # --- building models -------------------------------------------------------------------------
 
 def _build_model(spec: BackboneSpec, pretrained: bool = False):
+    if spec.arch == CA_MAE_ARCH:
+        return build_ca_mae(**spec.arch_kwargs)
     # dynamic_img_size: any input size works (position embeddings are resampled only when it differs)
     common = {"num_classes": 0, "dynamic_img_size": True}
     if spec.arch is None:
@@ -145,7 +148,12 @@ def _model_from_file(spec: BackboneSpec, path: Path):
     if spec.arch is None and not spec.arch_kwargs:  # the generic 'checkpoint' entry
         spec = infer_spec(state, _safetensors_spec(path), name=spec.name, path=path)
         _check_model_size(spec, state, path)  # the architecture came from the file: it may be crafted
+    elif spec.arch is None and spec.source == "file":  # a registered DINOv2-style file backbone
+        spec = spec_from_declared(spec, state, path)
+        _check_model_size(spec, state, path)
     model = _build_model(spec)
+    if spec.arch == CA_MAE_ARCH:
+        state = ca_mae_state(state, model.tokens_per_stain, path)
     load_weights_into(model, state, spec, path)
     return model, spec, weights_file_hash(path)
 
@@ -192,10 +200,16 @@ def normalize(x, spec: BackboneSpec):
     """(B, S, H, W) slots in raw [0, 1] intensity -> the model's input scale.
 
     'self' (DINO4Cells): per crop and channel (x - mean) / (std + 1e-7); an all-zero slot stays zero.
+    'instance': per crop and channel (x - mean) / sqrt(var + 1e-5), torch's InstanceNorm2d as CA-MAE
+    (its uint8 /255 scaling does not change the result beyond the epsilon).
     'imagenet': per-slot ImageNet mean/std (slot i is colour i).
     """
     import torch
 
+    if spec.normalization == "instance":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        var = x.var(dim=(-2, -1), correction=0, keepdim=True)
+        return (x - mean) / torch.sqrt(var + INSTANCE_NORM_EPS)
     if spec.normalization == "self":
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), correction=0, keepdim=True)  # population std, as Cell-DINO

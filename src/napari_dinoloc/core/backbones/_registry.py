@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 
 from .. import defaults
 from ..registry import Registry
-from ..stains import HPA_SLOTS, NUCLEUS, PROTEIN, RGB_SLOTS
+from ._camae import CA_MAE_ARCH
+from ..stains import CELL_PAINTING_SLOTS, HPA_SLOTS, NUCLEUS, PROTEIN, RGB_SLOTS
 
-NORMALIZATIONS = ("imagenet", "self")
+NORMALIZATIONS = ("imagenet", "self", "instance")
 SOURCES = ("timm", "file", "package", "random")
 
 DINO_PAPER = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers (ICCV 2021)"
 DINOV2_PAPER = "Oquab et al., DINOv2: Learning Robust Visual Features without Supervision (TMLR 2024)"
 CELL_MODEL = "dinoloc-cells"  # the small cell ViT trained by scripts/pretrain_cell_model.py and shipped
+CELL_DINO_PAPER = ("Moutakanni, Doron et al., Cell-DINO / Channel-Adaptive DINO (DINOv2 code base, "
+                   "dinov2/hub/cell_dino; non-commercial licence, weights from a file)")
+CA_MAE_PAPER = ("Kraus et al., Masked Autoencoders for Microscopy are Scalable Learners of Cellular Biology "
+                "(CVPR 2024; OpenPhenom, recursionpharma/maes_microscopy; non-commercial licence)")
 DINO4CELLS_PAPER = "Doron, Moutakanni et al., Unbiased single-cell morphology with self-supervised vision transformers (DINO4Cells)"
 
 
@@ -81,6 +86,16 @@ def _register_defaults() -> None:
         slots=HPA_SLOTS, normalization="self", input_size=224, patch_size=16,
         arch_kwargs={"in_chans": 4},
     ))
+    _register_cell_dino()
+    register_backbone(BackboneSpec(
+        name="ca-mae-vits16",
+        description="Channel-agnostic MAE encoder (OpenPhenom ViT-S/16, 256 px): one shared patch embedding for "
+                    "every stain, any number and order of stains (use the 'all-stains' strategy; embedding 'mean' "
+                    "or 'stain-means'); needs the published weights file (--weights).",
+        paper=CA_MAE_PAPER, source="file", arch=CA_MAE_ARCH, slots=CELL_PAINTING_SLOTS, normalization="instance",
+        input_size=256, patch_size=16,
+        arch_kwargs={"img_size": 256, "patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6},
+    ))
     register_backbone(BackboneSpec(
         name="checkpoint",
         description="Any local ViT checkpoint; the architecture is read from the file "
@@ -110,6 +125,28 @@ def _register_defaults() -> None:
         slots=RGB_SLOTS, normalization="imagenet", input_size=32, patch_size=8,
         arch_kwargs={"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
     ))
+
+
+def _vit(img_size: int, patch: int, in_chans: int, dim: int, depth: int) -> dict:
+    # DINOv2 style: layer scale (values from the file), 64-dim heads; registers are read from the file
+    return {"img_size": img_size, "patch_size": patch, "in_chans": in_chans, "embed_dim": dim, "depth": depth,
+            "num_heads": dim // 64, "init_values": 1.0}
+
+
+def _register_cell_dino() -> None:
+    for name, what, slots, size, patch, dim, depth in (
+        ("cell-dino-hpa-vitl16", "Cell-DINO ViT-L/16 trained on HPA (4 stains: microtubules, protein, nucleus, ER), 224 px",
+         HPA_SLOTS, 224, 16, 1024, 24),
+        ("cell-dino-cp-vits8", "Cell-DINO ViT-S/8 trained on Cell Painting (5 stains: DNA, RNA, ER, AGP, Mito), 128 px",
+         CELL_PAINTING_SLOTS, 128, 8, 384, 12),
+        ("channel-adaptive-dino-vitl16", "Channel-Adaptive DINO ViT-L/16, one stain at a time (use the "
+         "'bag-of-channels' strategy: any number of stains), 224 px", (PROTEIN,), 224, 16, 1024, 24),
+    ):
+        register_backbone(BackboneSpec(
+            name=name, description=f"{what}; needs the DINOv2-layout checkpoint file (--weights).",
+            paper=CELL_DINO_PAPER, source="file", arch=None, slots=slots, normalization="self",
+            input_size=size, patch_size=patch, arch_kwargs=_vit(size, patch, len(slots), dim, depth),
+        ))
 
 
 _register_defaults()

@@ -22,9 +22,11 @@ _PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
 
 @dataclass
 class PreparedBatch:
-    inputs: object  # torch.Tensor (V*B, S, H, W): views stacked view-major
+    inputs: object  # torch.Tensor (V*B, S, H, W): the views the image has, stacked view-major
     n_views: int
     batch: int
+    #: which views ``inputs`` holds; the others (a stain role the image lacks) embed as zeros. None: all
+    present: tuple[int, ...] | None = None
 
 
 class Embedder:
@@ -47,8 +49,14 @@ class Embedder:
                 s.embedding, s.input_size)
 
     def output_dim(self, stains: Sequence[str]) -> int:
-        per_view = self.backbone.embed_dim * (2 if self.settings.embedding == "cls+mean" else 1)
-        return per_view * self.strategy.count_views(stains, self.backbone.spec.slots)
+        import torch
+
+        slots = self.backbone.spec.slots
+        parts = {"cls+mean": 2, "stain-means": None}.get(self.settings.embedding, 1)
+        if parts is None:  # one part per stain of a view
+            views = self.strategy.views(torch.zeros(1, len(stains), 1, 1), stains, slots)
+            parts = next(v.shape[1] for v in views if v is not None)
+        return self.backbone.embed_dim * parts * self.strategy.count_views(stains, slots)
 
     def prepare(self, crops: np.ndarray, stains: Sequence[str]) -> PreparedBatch:
         """Resize, map stains to slots, normalise: everything before the model (safe in a worker thread)."""
@@ -61,10 +69,11 @@ class Embedder:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > size)  # antialias only when shrinking
         views = self.strategy.views(x, stains, self.backbone.spec.slots)
-        inputs = torch.cat([normalize(view, self.backbone.spec) for view in views], dim=0)
+        present = tuple(i for i, view in enumerate(views) if view is not None)
+        inputs = torch.cat([normalize(views[i], self.backbone.spec) for i in present], dim=0)
         if self.backbone.device.type == "cuda":
             inputs = inputs.pin_memory()
-        return PreparedBatch(inputs, len(views), x.shape[0])
+        return PreparedBatch(inputs, len(views), x.shape[0], None if len(present) == len(views) else present)
 
     def infer(self, prepared: PreparedBatch) -> np.ndarray:
         """(B, n_views * D) float32: the pooled tokens of every view, concatenated per crop."""
@@ -92,7 +101,7 @@ class Embedder:
         else:
             with torch.autocast(device_type=self.backbone.device.type, dtype=dtype):
                 tokens = self.backbone.tokens(x)
-        return pool_tokens(tokens.float(), self.settings.embedding, self.backbone.num_prefix_tokens)
+        return pool_tokens(tokens.float(), self.settings.embedding, self.backbone.num_prefix_tokens, x.shape[1])
 
     def _choose_precision(self, x):
         """Run the first batch in fp32 and in reduced precision; keep the latter only if it agrees."""
@@ -111,17 +120,29 @@ class Embedder:
 
 
 def join_views(pooled, prepared: PreparedBatch):
-    """(n_views * B, D) pooled tokens, view-major -> (B, n_views * D): each crop's views side by side."""
-    return pooled.reshape(prepared.n_views, prepared.batch, -1).permute(1, 0, 2).reshape(prepared.batch, -1)
+    """(n_present * B, D) pooled tokens, view-major -> (B, n_views * D): each crop's views side by side,
+    zeros for the views the image lacks (bag of channels)."""
+    import torch
+
+    per_view = pooled.reshape(-1, prepared.batch, pooled.shape[-1])
+    if prepared.present is not None:
+        parts = dict(zip(prepared.present, per_view))
+        per_view = torch.stack([parts[i] if i in parts else torch.zeros_like(per_view[0])
+                                for i in range(prepared.n_views)])
+    return per_view.permute(1, 0, 2).reshape(prepared.batch, -1)
 
 
-def pool_tokens(tokens, embedding: str, num_prefix_tokens: int):
-    """(B, N, D) tokens -> (B, D) CLS, (B, D) mean of patch tokens, or (B, 2D) both."""
+def pool_tokens(tokens, embedding: str, num_prefix_tokens: int, stains: int = 1):
+    """(B, N, D) tokens -> (B, D) CLS, (B, D) mean of patch tokens, (B, 2D) both, or (B, stains*D) the
+    mean patch token of each stain (tokens ordered stain by stain, as a channel-agnostic backbone gives)."""
     import torch
 
     cls = tokens[:, 0]
     if embedding == "cls":
         return cls
+    if embedding == "stain-means":
+        patches = tokens[:, num_prefix_tokens:]
+        return patches.reshape(tokens.shape[0], stains, -1, tokens.shape[-1]).mean(dim=2).flatten(1)
     mean = tokens[:, num_prefix_tokens:].mean(dim=1)
     return mean if embedding == "mean" else torch.cat([cls, mean], dim=1)
 

@@ -13,7 +13,8 @@ from ..devices import PRECISIONS
 from ..errors import DinolocError
 from ..strategies import STRATEGIES
 
-EMBEDDING_TYPES = ("cls", "cls+mean", "mean")
+#: 'stain-means': the mean patch token of each stain, concatenated (channel-agnostic backbones: CA-MAE)
+EMBEDDING_TYPES = ("cls", "cls+mean", "mean", "stain-means")
 #: Default crop window, in median cell diameters: the cell fills the model's view with some context
 #: around it (a 224-px window round a 64-px cell scored F1 0.31 where a cell-sized one scored 0.50).
 CROP_CELL_DIAMETERS = 2.0
@@ -47,6 +48,10 @@ class EmbedSettings:
         STRATEGIES.lookup(self.strategy)
         if self.embedding not in EMBEDDING_TYPES:
             raise DinolocError(f"Unknown embedding type {self.embedding!r}: choose one of {', '.join(EMBEDDING_TYPES)}.")
+        agnostic = getattr(backbone.model, "tokens_per_stain", None) is not None  # CA-MAE: any number of stains
+        if (self.strategy == "all-stains" or self.embedding == "stain-means") and not agnostic:
+            raise DinolocError(f"The 'all-stains' strategy and the 'stain-means' embedding need a channel-agnostic "
+                               f"backbone (ca-mae-vits16); {backbone.name!r} takes a fixed set of input slots.")
         if self.precision not in PRECISIONS:
             raise DinolocError(f"Unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}.")
         if self.batch_size < 1:

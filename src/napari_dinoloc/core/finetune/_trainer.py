@@ -50,7 +50,8 @@ class Trainer:
         """(B, D) pooled embeddings with gradients: the same preparation and pooling as the Embedder."""
         prepared = self.embedder.prepare(crops, self.cells.stains)
         tokens = self.backbone.tokens(prepared.inputs.to(self.device))
-        pooled = pool_tokens(tokens, self.embedder.settings.embedding, self.backbone.num_prefix_tokens)
+        pooled = pool_tokens(tokens, self.embedder.settings.embedding, self.backbone.num_prefix_tokens,
+                             prepared.inputs.shape[1])
         return join_views(pooled, prepared)
 
     def classify(self, features):

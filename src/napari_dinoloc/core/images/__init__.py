@@ -7,8 +7,12 @@ does both.
 
 Supported: TIFF / OME-TIFF / ImageJ TIFF (tifffile, axes from the file's metadata when it has
 them), PNG / JPEG and other formats imageio reads, RGB composites, and one file per stain
-(Human Protein Atlas style ``<id>_red.png``, ``_green``, ``_blue``, ``_yellow``).
+(Human Protein Atlas style ``<id>_red.png``, ``_green``, ``_blue``, ``_yellow``; Cell Painting
+``<site>-chN...tiff``, one file per channel of a site).
 """
+from ._cellpainting import (
+    JUMP_CHANNEL_STAINS, cell_painting_channel, cell_painting_siblings, cell_painting_stains, find_cell_painting_groups,
+)
 from ._hpa import HPA_COLOUR_ORDER, HPA_FILE_PATTERN, expand_folders, find_hpa_groups, hpa_colour, hpa_id, hpa_siblings
 from ._image import (
     SCALE_PERCENTILES, CellImage, RawImage, check_dtype, check_finite, check_not_empty, check_protein_not_empty,
@@ -20,6 +24,8 @@ from ._readers import (
 )
 
 __all__ = [
+    "JUMP_CHANNEL_STAINS", "cell_painting_channel", "cell_painting_siblings", "cell_painting_stains",
+    "find_cell_painting_groups",
     "HPA_COLOUR_ORDER", "HPA_FILE_PATTERN", "MAX_CHANNELS", "SCALE_PERCENTILES", "TIFF_SUFFIXES", "CellImage",
     "RawImage", "check_dtype", "check_finite", "check_not_empty", "check_protein_not_empty", "expand_folders",
     "find_hpa_groups", "hpa_colour", "hpa_id", "hpa_siblings", "image_name", "load_cell_image", "make_cell_image",

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DinolocError
 from ..stains import HPA_FILE_COLOURS, RGB_SLOTS, STAINS
+from ._cellpainting import cell_painting_id, cell_painting_siblings, name_channels
 from ._hpa import hpa_colour, hpa_id, hpa_siblings
 from ._image import CellImage, RawImage, check_dtype, make_cell_image
 from ._size import MAX_SIDE, check_fits_in_memory
@@ -52,6 +53,11 @@ def read_image(source: "str | Path | Sequence[str | Path]", channel_axis: int | 
         if len(siblings) > 1:
             raw = read_channel_files(siblings)
             note = f"Read the {len(siblings)} HPA stain files of {raw.name} ({', '.join(p.name for p in siblings)})."
+            return RawImage(raw.array, raw.name, (note,) + raw.notes, raw.default_stains)
+        siblings = cell_painting_siblings(path) if channel_axis is None else [path]
+        if len(siblings) > 1:
+            raw = read_channel_files(siblings)
+            note = f"Read the {len(siblings)} Cell Painting channel files of site {raw.name}."
             return RawImage(raw.array, raw.name, (note,) + raw.notes, raw.default_stains)
         return read_single_file(path, channel_axis)
     paths = [Path(p) for p in source]
@@ -98,7 +104,10 @@ def read_channel_files(paths: Sequence[Path]) -> RawImage:
     default = None
     if all(colours) and len(set(colours)) == len(colours):
         default = tuple(HPA_FILE_COLOURS[c] for c in colours)
-    ids = {hpa_id(p) for p in paths}
+    else:
+        default, painting_notes = name_channels(paths, channels)
+        notes.extend(painting_notes)
+    ids = {hpa_id(p) or cell_painting_id(p) for p in paths}
     name = ids.pop() if len(ids) == 1 and None not in ids else image_name(paths[0])
     return RawImage(array, name, tuple(notes), default)
 
