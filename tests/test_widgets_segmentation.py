@@ -68,3 +68,19 @@ def test_crops_folder_opens_as_cells_with_classes(make_napari_viewer, qtbot, tmp
     assert dock.state.session.labels.max() == 6 and mosaic.names[0] == "er/c0.tif"
     assert dock.state.session.image.stains == ("nucleus", "protein")
     assert sorted(dock.state.annotations.annotations.values()) == ["er"] * 3 + ["golgi"] * 3
+
+
+def test_crop_stack_opens_as_cells(make_napari_viewer, qtbot, tmp_path):
+    from napari_dinoloc.widgets.crops_input import open_crops
+
+    rng = np.random.default_rng(1)
+    stack = np.zeros((5, 2, 32, 32), np.float32)
+    stack[:, 0, 8:24, 8:24] = 0.5 + 0.1 * rng.random((5, 16, 16))
+    stack[:, 1, 4:28, 4:28] += 0.3
+    np.save(tmp_path / "crops.npy", stack)
+    viewer = make_napari_viewer()
+    dock = DinolocWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    mosaic = open_crops(dock.image_panel, tmp_path / "crops.npy")
+    assert dock.state.session.labels.max() == 5 and mosaic.names[0] == "crops.npy#0"
+    assert dock.image_panel.crop_stack_button.text() == "Open a crop stack…"

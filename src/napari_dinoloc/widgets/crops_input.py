@@ -11,6 +11,7 @@ from pathlib import Path
 from ._workers import notify_info, reports_errors
 
 CROP_CELLS = "crop cells"
+STACK_FILES = "Crop stacks (*.npy *.tif *.tiff);;All files (*)"
 
 
 @reports_errors("Opening the crops")
@@ -21,6 +22,16 @@ def choose_crops(panel) -> None:
     folder = QFileDialog.getExistingDirectory(panel, "Folder of single-cell crops")
     if folder:
         open_crops(panel, folder)
+
+
+@reports_errors("Opening the crop stack")
+def choose_crop_stack(panel) -> None:
+    """Ask for a stack file of crops, (N, C, H, W) in .npy or .tif, and open it in ``panel``'s viewer."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(panel, "Stack of single-cell crops (N, C, H, W)", "", STACK_FILES)
+    if path:
+        open_crops(panel, path)
 
 
 def open_crops(panel, path, mask: str = "whole") -> object:

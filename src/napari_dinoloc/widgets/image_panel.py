@@ -16,7 +16,7 @@ from ..core.errors import DinolocError
 from ..core.stains import NUCLEUS, OTHER, PROTEIN, STAINS, conventional_stains
 from ..core.workflows.images import NOT_USED
 from ._layers import CELLS, DERIVED_LAYERS
-from .crops_input import choose_crops
+from .crops_input import choose_crop_stack, choose_crops
 from ._workers import notify_info, notify_warning, reports_errors
 
 SEPARATE_LAYERS = "Separate layers, one per stain"
@@ -150,9 +150,12 @@ class ImagePanel(QWidget):
         self.labels_source = QComboBox()
         self.labels_source.setToolTip("A label image you already have (0 = background, one id per cell).")
         self.use_labels_button = QPushButton("Use these cells")
-        self.crops_button = QPushButton("Open single-cell crops…")
+        self.crops_button = QPushButton("Open a crop folder…")
         self.crops_button.setToolTip("A folder of crops (one cell per file; classes from sub-folder names) shown as a "
                                      "mosaic: each crop is one cell, annotated with its folder's class.")
+        self.crop_stack_button = QPushButton("Open a crop stack…")
+        self.crop_stack_button.setToolTip("A stack file of crops, (N, C, H, W) in .npy or .tif, shown as a mosaic: "
+                                          "each crop is one cell.")
 
         form = QFormLayout()
         form.addRow("Image", self.source)
@@ -179,7 +182,10 @@ class ImagePanel(QWidget):
         existing.addWidget(self.labels_source, 1)
         existing.addWidget(self.use_labels_button)
         layout.addLayout(existing)
-        layout.addWidget(self.crops_button)
+        crops = QHBoxLayout()
+        crops.addWidget(self.crops_button)
+        crops.addWidget(self.crop_stack_button)
+        layout.addLayout(crops)
 
         self.source.currentIndexChanged.connect(lambda _=None: self._on_source_changed())
         self.axis.valueChanged.connect(lambda _=None: self._rebuild_channels())
@@ -188,6 +194,7 @@ class ImagePanel(QWidget):
         self.preview_button.clicked.connect(lambda _=False: self.preview())
         self.use_labels_button.clicked.connect(lambda _=False: self.use_labels_layer())
         self.crops_button.clicked.connect(lambda _=False: choose_crops(self))
+        self.crop_stack_button.clicked.connect(lambda _=False: choose_crop_stack(self))
 
     def _watch_layers(self) -> None:
         events = self.viewer.layers.events
