@@ -48,7 +48,8 @@ class EmbedSettings:
         STRATEGIES.lookup(self.strategy)
         if self.embedding not in EMBEDDING_TYPES:
             raise DinolocError(f"Unknown embedding type {self.embedding!r}: choose one of {', '.join(EMBEDDING_TYPES)}.")
-        agnostic = getattr(backbone.model, "tokens_per_stain", None) is not None  # CA-MAE: any number of stains
+        # CA-MAE takes any number of stains (classic features have no model at all)
+        agnostic = getattr(getattr(backbone, "model", None), "tokens_per_stain", None) is not None
         if (self.strategy == "all-stains" or self.embedding == "stain-means") and not agnostic:
             raise DinolocError(f"The 'all-stains' strategy and the 'stain-means' embedding need a channel-agnostic "
                                f"backbone (ca-mae-vits16); {backbone.name!r} takes a fixed set of input slots.")
