@@ -12,13 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtGui import QDoubleValidator
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QSpinBox,
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
     QVBoxLayout, QWidget,
 )
 
@@ -30,11 +28,11 @@ from ..core.workflows.finetuning import (
     LEVEL_LABELS, FinetuneRun, epochs_title, require_run, run_summary, start_title,
 )
 from ..core.workflows.training import check_classes
+from ._plots import F1_COLOUR, LOSS_COLOUR, TwinAxesPlot
 from ._workers import notify_info, reports_errors
 
 DEFAULTS = FinetuneSettings()
 BUNDLE_FILES = "napari-dinoloc models (*.dinoloc);;All files (*)"
-LOSS_COLOUR, F1_COLOUR = "#e5954d", "#5ab4e5"
 EMPTY_PLOT = "Loss and validation macro-F1\nappear here, one point per epoch."
 
 
@@ -44,16 +42,11 @@ class EpochRelay(QObject):
     epoch_done = Signal(int, float, float)
 
 
-class LivePlot(FigureCanvasQTAgg):
+class LivePlot(TwinAxesPlot):
     """Training loss (left axis) and validation macro-F1 (right axis, 0-1) per epoch."""
 
     def __init__(self, colours: dict):
-        figure = Figure(figsize=(3.4, 2.3), dpi=100, layout="constrained")
-        super().__init__(figure)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(210)
-        self.loss_axes = figure.add_subplot(111)
-        self.f1_axes = self.loss_axes.twinx()
+        super().__init__()
         (self.loss_line,) = self.loss_axes.plot([], [], "o-", color=LOSS_COLOUR, markersize=3, label="training loss")
         (self.f1_line,) = self.f1_axes.plot([], [], "s-", color=F1_COLOUR, markersize=3, label="validation macro-F1")
         # Epoch 0, the frozen backbone, competes in early stopping: its score is the line to beat.
@@ -66,19 +59,10 @@ class LivePlot(FigureCanvasQTAgg):
         self.clear()
 
     def _style(self, colours: dict) -> None:
-        self.figure.set_facecolor(colours["background"])
-        self.loss_axes.set_facecolor(colours["canvas"])
-        text = colours["text"]
-        for axes, label, colour in ((self.loss_axes, "loss", LOSS_COLOUR), (self.f1_axes, "val. macro-F1", F1_COLOUR)):
-            axes.set_ylabel(label, color=colour, fontsize=8)
-            axes.tick_params(colors=text, labelsize=7)
-            for spine in axes.spines.values():
-                spine.set_color(colours["secondary"])
-        self.loss_axes.set_xlabel("epoch", color=text, fontsize=8)
+        self.style_axes(colours, "loss", "val. macro-F1", "epoch")
         self.loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        self.f1_axes.set_ylim(0, 1.02)
-        self.message.set_color(text)
-        self._title_colour = text
+        self.message.set_color(colours["text"])
+        self._title_colour = colours["text"]
 
     def clear(self, title: str = "") -> None:
         for line in (self.loss_line, self.f1_line):

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
-from qtpy.QtWidgets import QSizePolicy
-
-LOSS_COLOUR, F1_COLOUR = "#e5954d", "#5ab4e5"  # as the fine-tuning plot
+from ._plots import F1_COLOUR, LOSS_COLOUR, TwinAxesPlot
 EMPTY_PLOT = "The DINO loss appears here as the run goes;\nwith annotations, the kNN macro-F1 at each checkpoint."
 
 
-class StepPlot(FigureCanvasQTAgg):
+class StepPlot(TwinAxesPlot):
     def __init__(self, colours: dict):
-        figure = Figure(figsize=(3.4, 2.3), dpi=100, layout="constrained")
-        super().__init__(figure)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(210)
-        self.loss_axes = figure.add_subplot(111)
-        self.f1_axes = self.loss_axes.twinx()
+        super().__init__()
         (self.loss_line,) = self.loss_axes.plot([], [], "-", color=LOSS_COLOUR, linewidth=1.2, label="DINO loss")
         (self.f1_line,) = self.f1_axes.plot([], [], "s-", color=F1_COLOUR, markersize=4, label="kNN macro-F1")
         self.message = self.loss_axes.text(0.5, 0.5, EMPTY_PLOT, transform=self.loss_axes.transAxes,
                                            ha="center", va="center", fontsize=8)
-        figure.set_facecolor(colours["background"])
-        self.loss_axes.set_facecolor(colours["canvas"])
-        for axes, label, colour in ((self.loss_axes, "DINO loss", LOSS_COLOUR), (self.f1_axes, "kNN macro-F1", F1_COLOUR)):
-            axes.set_ylabel(label, color=colour, fontsize=8)
-            axes.tick_params(colors=colours["text"], labelsize=7)
-            for spine in axes.spines.values():
-                spine.set_color(colours["secondary"])
-        self.loss_axes.set_xlabel("step", color=colours["text"], fontsize=8)
-        self.f1_axes.set_ylim(0, 1.02)
+        self.style_axes(colours, "DINO loss", "kNN macro-F1", "step")
         self.message.set_color(colours["text"])
         self._title_colour = colours["text"]
         self.clear()
