@@ -27,7 +27,7 @@ from real_cells import hpa_composite_cells, synthetic_cells  # noqa: E402
 
 from napari_dinoloc.core.backbones import BACKBONES, CELL_MODEL, load_backbone, register_backbone  # noqa: E402
 from napari_dinoloc.core.classic.extractor import standardised_block  # noqa: E402
-from napari_dinoloc.core.demo import crop_size_for  # noqa: E402
+from napari_dinoloc.core.crops import crop_size_for  # noqa: E402
 from napari_dinoloc.core.embedding import EmbedSettings, embed_cells  # noqa: E402
 from napari_dinoloc.core.files import write_json_atomic  # noqa: E402
 

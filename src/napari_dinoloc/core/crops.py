@@ -114,3 +114,11 @@ def _field_batches(data, tile_size, batch_size) -> Iterator[CropBatch]:
         for i, (top, left, _) in enumerate(chunk):
             _copy_window(data, None, top, left, batch[i])
         yield np.arange(start, start + len(chunk)), batch
+
+
+def crop_size_for(table, margin: float = 1.5, multiple: int = 16) -> int:
+    """A crop that holds nearly every cell with some context: small cells then fill the model's view
+    instead of a corner of a 224-px window (on the synthetic sample this doubles the accuracy of a
+    head on random-weight features)."""
+    extent = np.maximum(table.bbox[:, 2] - table.bbox[:, 0], table.bbox[:, 3] - table.bbox[:, 1])
+    return int(np.ceil(margin * np.percentile(extent, 95) / multiple) * multiple)

@@ -49,14 +49,6 @@ def choose_annotated(classes: dict[int, str], share: float, seed: int = 0) -> di
     return chosen
 
 
-def crop_size_for(table, margin: float = 1.5, multiple: int = 16) -> int:
-    """A crop that holds nearly every cell with some context: small cells then fill the model's view
-    instead of a corner of a 224-px window (on the synthetic sample this doubles the accuracy of a
-    head on random-weight features)."""
-    extent = np.maximum(table.bbox[:, 2] - table.bbox[:, 0], table.bbox[:, 3] - table.bbox[:, 1])
-    return int(np.ceil(margin * np.percentile(extent, 95) / multiple) * multiple)
-
-
 def load_demo_backbone(name: str | None, say: Callable[[str], None]):
     """The named backbone; without a name the default (the shipped cell model), or random weights if even that
     cannot be loaded (said aloud)."""

@@ -1,6 +1,6 @@
 """Single-cell crops for pretraining: from images (segmented or with label images), synthetic fields or arrays.
 
-Each cell is cut with a window fitted to the cells of its image (``demo.crop_size_for``: the 95th
+Each cell is cut with a window fitted to the cells of its image (``crops.crop_size_for``: the 95th
 percentile cell extent with a margin), background outside the cell zeroed, resized to one stored size
 and kept as uint8 in the stains the model will read (protein, nucleus; a missing stain is zero). Crops
 of an image are cached on disk as one .npy keyed by the image's content hash and these settings, so a
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..crops import iter_cell_crops
-from ..demo import crop_size_for
+from ..crops import crop_size_for
 from ..errors import DinolocError
 from ..progress import check_cancel, report
 from ..segmentation import CellTable, segment_cells
