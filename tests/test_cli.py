@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_dinoloc.cli import main
-from napari_dinoloc.core.backbones import BACKBONES
+from napari_dinoloc.core import defaults
 from napari_dinoloc.core.heads import HEADS
 from napari_dinoloc.core.table import columns, read_table
 
@@ -220,7 +220,7 @@ def test_help_shows_the_defaults_and_registry_choices(capsys, monkeypatch):
         main(["predict", "--help"])
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert f"(default: {HEADS.default})" in text and f"(default: {BACKBONES.default})" in text
+    assert f"(default: {HEADS.default})" in text and f"(default: {defaults.FEATURES})" in text
     assert "{natural,replicate,protein-only,bag-of-channels,all-stains}" in text
     with pytest.raises(SystemExit) as exit_:
         main(["train", "x.tif", "--annotations", "a.csv", "--out", "m.dinoloc", "--head", "forest"])

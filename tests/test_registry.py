@@ -64,3 +64,11 @@ def test_one_stain_to_channel_lookup():
     assert channel_order(("protein",), stains) == (2,)  # extra channels are ignored
     assert channel_order(("er",), stains) is None
     assert channel_order(("other", "other", "other"), stains) is None  # each channel used once
+
+
+def test_the_default_features_are_a_feature_choice_that_loads_offline():
+    from napari_dinoloc.core.classic import feature_choices, load_features
+
+    assert defaults.FEATURES in feature_choices()
+    features = load_features(defaults.FEATURES, device="cpu")  # offline: no download, no retry
+    assert features.name == defaults.FEATURES

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
+from ..core import defaults
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter  # --help shows every default
 
@@ -94,7 +95,7 @@ def model_options() -> argparse.ArgumentParser:
     parser = Parser(add_help=False, formatter_class=FORMATTER)
     from ..core.backbones import BACKBONES
 
-    parser.add_argument("--backbone", default=BACKBONES.default, choices=feature_choices(), metavar="NAME", action=StoreGiven,
+    parser.add_argument("--backbone", default=defaults.FEATURES, choices=feature_choices(), metavar="NAME", action=StoreGiven,
                         help=f"backbone: {', '.join(BACKBONES.names())}; classic: hand-crafted features; NAME+classic: "
                              "both, each block standardised (dinoloc backbones describes them)")
     parser.add_argument("--weights", type=Path, help="local weights file (DINO checkpoint, .pth state dict or .safetensors)")
@@ -189,7 +190,7 @@ def patch_map_options(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..core.backbones import BACKBONES
+    from ..core.classic import feature_choices
 
     parser = Parser(prog="dinoloc", description="Per-cell protein localization with self-supervised ViTs.",
                                      formatter_class=FORMATTER)
@@ -257,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", "the main job: napari with the plugin and a sample, or headless without a display")
     demo.add_argument("outdir", type=Path, nargs="?", default=Path("dinoloc-demo"))
     demo.add_argument("--headless", action="store_true", help="run the pipeline without a window even when a display exists")
-    demo.add_argument("--backbone", default=None, choices=list(BACKBONES), metavar="NAME",
-                      help="backbone for the headless run (default: dino-vits16, or random weights when offline)")
+    demo.add_argument("--backbone", default=None, choices=feature_choices(), metavar="NAME",
+                      help=f"features for the headless run (default: {defaults.FEATURES}, the measured best)")
     demo.add_argument("--size", type=positive_int, default=768)
     return parser

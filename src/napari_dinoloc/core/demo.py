@@ -50,14 +50,15 @@ def choose_annotated(classes: dict[int, str], share: float, seed: int = 0) -> di
 
 
 def load_demo_backbone(name: str | None, say: Callable[[str], None]):
-    """The named backbone; without a name the default (the shipped cell model), or random weights if even that
+    """The named features; without a name the default (``defaults.FEATURES``), or random weights if even that
     cannot be loaded (said aloud)."""
     from .backbones import load_backbone
+    from .classic import load_features
 
     if name:
-        return load_backbone(name)
+        return load_features(name)
     try:
-        return load_backbone(defaults.BACKBONE)
+        return load_features(defaults.FEATURES)
     except DinolocError as exc:
         say(f"{exc} The demo goes on with the 'random' backbone (random weights): predictions show the pipeline, not DINO's accuracy.")
         return load_backbone("random")

@@ -8,6 +8,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core import defaults
 from ..core.devices import DEVICE_CHOICES
 from ..core.errors import DinolocError
 from ._workers import notify_info, path_row, reports_errors
@@ -39,6 +40,7 @@ class ModelPanel(QWidget):
 
         self.backbone = _registry_combo(BACKBONES.values(), default=BACKBONES.default)
         _add_classic_choices(self.backbone, BACKBONES.names())
+        self.backbone.setCurrentIndex(max(0, self.backbone.findData(defaults.FEATURES)))  # the measured best
         self.weights = QLineEdit()
         self.weights.setPlaceholderText("checkpoint file (.pth, .safetensors)")
         self.weights_row = path_row(self.weights, self._browse_weights, "Choose the weights file")
