@@ -5,9 +5,9 @@ A profile is the median (or mean) embedding of the group's cells, the fraction o
 in each class and its number of cells. With controls, each plate's profiles are centred on the mean of
 its control profiles and divided by their standard deviation, so that controls sit at zero on every
 plate (the usual per-plate normalisation of image-based profiling). ``sphere=True`` then whitens the
-profiles with a PCA fitted on the control profiles ("typical variation normalisation" of the Cell-DINO
-and MAE-for-microscopy papers): controls get zero mean and unit, uncorrelated variance, so what is left
-in a treated well is how it differs from the plate's normal variation.
+profiles with a PCA fitted on the control profiles ("typical variation normalisation", as the
+masked-autoencoder microscopy papers apply it to embeddings): controls get zero mean and unit,
+uncorrelated variance, so what is left in a treated well is how it differs from normal variation.
 """
 
 from __future__ import annotations
