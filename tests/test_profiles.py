@@ -116,3 +116,10 @@ def test_bad_requests_say_what_to_do():
         controls_from(table, "DMSO")
     with pytest.raises(DinolocError, match="at least 3 control profiles"):
         aggregate_profiles(table, embeddings, controls=table["compound"] == "DMSO", sphere=True)
+
+
+def test_categorical_columns_as_in_an_h5ad_give_the_same_profiles():
+    table, embeddings = hand_made()
+    text = ["plate", "well", "compound"]
+    categorical = aggregate_profiles(table.astype(dict.fromkeys(text, "category")), embeddings)
+    pd.testing.assert_frame_equal(categorical.astype(dict.fromkeys(text, object)), aggregate_profiles(table, embeddings))

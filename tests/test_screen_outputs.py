@@ -175,3 +175,19 @@ def test_anndata_refuses_repeated_cells_and_mismatched_embeddings(tmp_path):
     with pytest.raises(DinolocError, match="6 rows but there are 5 embeddings"):
         write_anndata(table, vectors[:5], tmp_path / "a.h5ad", {})
     assert not list(tmp_path.iterdir())
+
+
+def test_aggregate_of_a_run_folder_centres_on_the_named_controls(tmp_path, capsys):
+    table, vectors = typed_table()
+    run = tmp_path / "run"
+    write_anndata(table, vectors, run / "cells.h5ad", {})
+    out = tmp_path / "wells.csv"
+    assert main(["aggregate", str(run), "--controls", "well=A01", "--out", str(out)]) == 0
+    wells = pd.read_csv(out, dtype={"well": str})
+    assert wells[["plate", "well", "control", "cells"]].values.tolist() == [
+        [7, "A01", True, 2], [7, "B02", False, 2], [8, "A01", True, 2]]
+    emb = wells[[c for c in wells.columns if c.startswith("emb_")]].to_numpy()
+    np.testing.assert_allclose(emb[wells["control"]], 0, atol=1e-6)
+    expected = np.median(vectors[2:4], axis=0) - np.median(vectors[:2], axis=0)
+    np.testing.assert_allclose(emb[1], expected, atol=1e-5)
+    assert "3 profiles of 6 cells" in capsys.readouterr().out

@@ -191,8 +191,9 @@ def write_parquet(table, path, partition_cols: Sequence[str] = ("plate", "image"
     arrow = pa.Table.from_pandas(frame, preserve_index=True)
     with replaced_folder(path) as folder:
         # The file name is fixed so that a rewrite of one partition replaces its file rather than adding one.
-        pq.write_to_dataset(arrow, folder, partition_cols=columns or None,
-                            basename_template="cells-{i}.parquet")
+        partitions = len(frame.groupby(columns, dropna=False).size()) if columns else 1  # pyarrow refuses > 1024 unless told
+        pq.write_to_dataset(arrow, folder, partition_cols=columns or None, basename_template="cells-{i}.parquet",
+                            max_partitions=max(1024, partitions))
     return Path(path)
 
 

@@ -39,7 +39,7 @@ def aggregate_profiles(table, embeddings, by: Sequence[str] = ("plate", "well"),
     frame = table.reset_index(drop=True)
     by = [by] if isinstance(by, str) else list(by)
     vectors = _checked(frame, embeddings, by, method)
-    grouped = frame.groupby(by, sort=True, dropna=False)
+    grouped = frame.groupby(by, sort=True, dropna=False, observed=True)
     keys = [frame[c] for c in by]
     profiles = grouped.size().rename(CELLS_COLUMN).reset_index()
     carried = _constant_columns(frame, grouped, by)
@@ -49,7 +49,7 @@ def aggregate_profiles(table, embeddings, by: Sequence[str] = ("plate", "well"),
     fractions = _class_fractions(frame, keys)
     dim = vectors.shape[1]
     summary = pd.DataFrame(vectors, columns=[f"{EMBEDDING_PREFIX}{i:03d}" for i in range(dim)]).groupby(
-        keys, sort=True, dropna=False).agg(method)
+        keys, sort=True, dropna=False, observed=True).agg(method)
     values = summary.to_numpy(np.float64)
     parts = [profiles, fractions.reset_index(drop=True)]
     if controls is not None:
@@ -99,10 +99,10 @@ def _class_fractions(frame, keys):
     predicted = frame["predicted_class"].fillna("").astype(str)
     names = class_names(frame) or sorted(set(predicted) - {""})
     has = predicted != ""
-    counted = has.groupby(keys, sort=True, dropna=False).sum().to_numpy(np.float64)
+    counted = has.groupby(keys, sort=True, dropna=False, observed=True).sum().to_numpy(np.float64)
     columns = {}
     for name in names:
-        hits = (predicted == name).groupby(keys, sort=True, dropna=False).sum().to_numpy(np.float64)
+        hits = (predicted == name).groupby(keys, sort=True, dropna=False, observed=True).sum().to_numpy(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             columns[f"{FRACTION_PREFIX}{name}"] = np.where(counted > 0, hits / np.maximum(counted, 1), np.nan)
     return pd.DataFrame(columns)
@@ -117,7 +117,7 @@ def _control_profiles(frame, controls, keys) -> np.ndarray:
                            f"{flags.size} values were given.")
     if not flags.any():
         raise DinolocError("No cell is a control: check the control column and value (--controls COLUMN=VALUE).")
-    return pd.Series(flags).groupby(keys, sort=True, dropna=False).all().to_numpy()
+    return pd.Series(flags).groupby(keys, sort=True, dropna=False, observed=True).all().to_numpy()
 
 
 def correct_on_controls(values: np.ndarray, is_control: np.ndarray, plates=None, scale: bool = True) -> np.ndarray:

@@ -37,7 +37,8 @@ class ExtraOutputs:
         """The packages are there (asked before hours of work, not after)."""
         from ..screen.outputs import require
 
-        require("pandas")
+        if self.asked:
+            require("pandas")
         for name in self.asked:
             require(PACKAGES[name])
         return self
