@@ -153,14 +153,34 @@ def cmd_segment(args) -> int:
     return report_skips(skipped)
 
 
+def extra_outputs(args):
+    """The --parquet / --zarr / --h5ad outputs, their packages checked before any work."""
+    from ..core.workflows.cell_outputs import ExtraOutputs
+
+    return ExtraOutputs(args.parquet, args.zarr, args.h5ad).check()
+
+
+def extra_preflight(extra, outputs) -> dict:
+    """preflight()'s checks of the CSV or .npz ``outputs`` and of the extra files and folders."""
+    files = [*outputs, *([extra.h5ad] if extra.h5ad else [])]
+    return {"outputs": files, "out_dirs": [p for p in (extra.parquet, extra.zarr) if p is not None]}
+
+
 def cmd_embed(args) -> int:
+    from ..core.workflows import cell_outputs
     from ..core.workflows.cells import write_embeddings
 
-    skipped = skips(args)
-    plan = preflight(args, outputs=[args.out], skips=skipped)
-    cells, images = write_embeddings(plan.jobs, options(args), load_backbone(args), args.out,
-                                     cache=cache(args), progress=TextProgress(), skips=skipped)
+    skipped, extra = skips(args), extra_outputs(args)
+    plan = preflight(args, **extra_preflight(extra, [args.out]), skips=skipped)
+    backbone, kept = load_backbone(args), {} if extra.asked else None
+    cells, images = write_embeddings(plan.jobs, options(args), backbone, args.out,
+                                     cache=cache(args), progress=TextProgress(), skips=skipped, keep=kept)
     print(f"{args.out}: {cells} cells from {images} image(s)")
+    if extra.asked:
+        about = cell_outputs.run_description(cell_outputs.model_card(backbone=backbone),
+                                             [e.signature for _, e in kept["parts"]])
+        for path in cell_outputs.write_embedded_outputs(kept["rows"], kept["parts"], extra, about):
+            print(f"{path}: {cells} cells")
     return report_skips(skipped)
 
 
@@ -182,16 +202,37 @@ def cmd_predict(args) -> int:
 
     if args.model and args.annotations:
         raise DinolocError("Give either --model or --annotations, not both.")
-    skipped = skips(args)
-    plan = preflight(args, outputs=[args.out], model=args.model, backbone=given_backbone(args),
+    skipped, extra = skips(args), extra_outputs(args)
+    plan = preflight(args, **extra_preflight(extra, [args.out]), model=args.model, backbone=given_backbone(args),
                      annotations=args.annotations, need_classes=bool(args.annotations), skips=skipped)
     model = prediction_model(plan.jobs, options(args), model_path=args.model, annotations_path=args.annotations,
                              head_kind=args.head, load_backbone=lambda: load_backbone(args), weights=args.weights,
                              device=args.device, cache=cache(args), progress=TextProgress(),
                              backbone=given_backbone(args), skips=skipped)
-    result = predict_with_model(plan.jobs, model, args.out, cache=cache(args), progress=TextProgress(), skips=skipped)
+    kept = [] if extra.need_embeddings else None
+    result = predict_with_model(plan.jobs, model, args.out, cache=cache(args), progress=TextProgress(), skips=skipped,
+                                keep_embeddings=kept)
     print(f"{result.path}: {result.cells} cells")
+    if extra.asked:
+        from ..core.workflows import cell_outputs
+
+        about = cell_outputs.run_description(cell_outputs.model_card(model), [e.signature for _, e in kept or ()])
+        for path in cell_outputs.write_run_outputs(result.path, kept or [], extra, about):
+            print(f"{path}: {result.cells} cells")
     return report_skips(skipped)
+
+
+def cmd_aggregate(args) -> int:
+    from ..core.screen import aggregate_profiles
+    from ..core.workflows import cell_outputs
+
+    by = [c.strip() for c in args.by.split(",") if c.strip()]
+    table, vectors = cell_outputs.load_cells(args.source, args.embeddings)
+    profiles = aggregate_profiles(table, vectors, by=by, controls=cell_outputs.controls_from(table, args.controls),
+                                  method=args.method, scale=not args.no_scale, sphere=args.sphere)
+    written = cell_outputs.write_profiles(profiles, args.out)
+    print(f"{written}: {len(profiles)} profiles of {len(table)} cells (by {', '.join(by)})")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -333,6 +374,7 @@ COMMANDS = {
     "embed": cmd_embed,
     "train": cmd_train,
     "predict": cmd_predict,
+    "aggregate": cmd_aggregate,
     "evaluate": cmd_evaluate,
     "finetune": cmd_finetune,
     "pretrain": cmd_pretrain,

@@ -166,6 +166,32 @@ def pretrain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-cache", type=Path, help="folder of the cell crop cache (default: in the user cache folder)")
 
 
+def extra_output_options(parser) -> None:
+    """``--parquet`` / ``--zarr`` / ``--h5ad``: the same cells for other tools (pip install napari-dinoloc[screen])."""
+    group = parser.add_argument_group("outputs for other tools (docs/screens.md)")
+    group.add_argument("--parquet", type=Path, metavar="FOLDER",
+                       help="also the per-cell table as a Parquet dataset, partitioned by plate and image")
+    group.add_argument("--zarr", type=Path, metavar="FOLDER", help="also the embeddings as a Zarr group (chunked by cells)")
+    group.add_argument("--h5ad", type=Path, metavar="FILE",
+                       help="also an AnnData file for scanpy: cells (obs), class probabilities (X), embeddings (obsm)")
+
+
+def aggregate_options(parser) -> None:
+    from ..core.screen.profiles import METHODS
+
+    parser.add_argument("source", type=Path, metavar="RUN_OR_TABLE",
+                        help="an .h5ad, a Parquet table or per-cell CSV (with --embeddings), or a run folder holding them")
+    parser.add_argument("--embeddings", type=Path, help="the cells' embeddings (.npz or .zarr), matched by image and label")
+    parser.add_argument("--by", default="plate,well", help="columns that make one profile, comma separated (e.g. image)")
+    parser.add_argument("--controls", metavar="COLUMN=VALUE[,VALUE]",
+                        help="control wells (e.g. compound=DMSO): profiles centred and scaled on them, per plate")
+    parser.add_argument("--method", choices=METHODS, default=METHODS[0], help="how the cells' embeddings are summarised")
+    parser.add_argument("--no-scale", action="store_true", help="with --controls: centre only, do not divide by their spread")
+    parser.add_argument("--sphere", action="store_true",
+                        help="with --controls: also whiten the profiles with a PCA fitted on the control profiles")
+    parser.add_argument("--out", type=Path, required=True, help="profiles table to write (.csv, or .parquet)")
+
+
 def point(text: str) -> tuple[float, float]:
     parts = text.split(",")
     if len(parts) != 2:
@@ -215,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed = add("embed", "embed every cell; write an .npz", [images, model])
     embed.add_argument("--out", type=Path, required=True, help=".npz file to write (its folder is created)")
     fail_fast_option(embed)
+    extra_output_options(embed)
 
     train = add("train", "train a head on labelled cells; save a model bundle", [images, model])
     train.add_argument("--annotations", type=Path, required=True, help="CSV with columns image, label, class")
@@ -228,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     head_option(predict, "head trained on --annotations")
     predict.add_argument("--out", type=Path, required=True, help="CSV to write (its folder is created)")
     fail_fast_option(predict)
+    extra_output_options(predict)
+
+    aggregate = add("aggregate", "per-well (or per-image) profiles: median embedding, class fractions, cell count")
+    aggregate_options(aggregate)
 
     evaluate = add("evaluate", "cross-validated macro-F1 on labelled cells", [images, model])
     evaluate.add_argument("--annotations", type=Path, required=True)

@@ -14,6 +14,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import DinolocError
+from ..core.workflows.cell_outputs import export_anndata
 from ..core.workflows.cells import export_cells, export_embeddings
 from ..core.workflows.predicting import predict_session_with_bundle, save_session_model
 from ._layers import colour_for
@@ -82,6 +83,9 @@ class ExportBox(QWidget):
              self.export_annotations_csv, "annotations.csv", "CSV (*.csv)"),
             ("Model…", "The trained classifier with everything needed to use it on other images (.dinoloc)",
              self.save_model, "dinoloc", BUNDLE_FILES),
+            ("AnnData…", "The cells, their predictions and embeddings as an AnnData file that scanpy opens "
+                         "(.h5ad; docs/screens.md)",
+             self.export_anndata, "h5ad", "AnnData (*.h5ad)"),
         )
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
@@ -112,6 +116,13 @@ class ExportBox(QWidget):
         session = self.state.session
         written = export_embeddings(session, path)
         notify_info(f"Wrote the embeddings of {len(session.embeddings.labels)} cells to {written}.")
+        return written
+
+    @reports_errors("Exporting the AnnData file")
+    def export_anndata(self, path: str) -> Optional[Path]:
+        session, store = self.state.session, self.state.annotations
+        written = export_anndata(session, path, store.annotations if store else {})
+        notify_info(f"Wrote {len(session.table)} cells with their embeddings to {written}.")
         return written
 
     @reports_errors("Exporting the annotations")

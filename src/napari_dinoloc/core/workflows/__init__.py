@@ -11,6 +11,7 @@ and returns plain results; nothing here knows about terminals or Qt.
 | `finetuning.py` | a fine-tuning run, its bundle, its summary |
 | `images.py` | a CellImage from channels marked with stains |
 | `cells.py` | label images, cell tables and embeddings written to files |
+| `cell_outputs.py` | the same cells as Parquet, Zarr, AnnData; per-well profiles from a run's files |
 | `preflight.py` | checks before the long work: outputs, model, annotations, images, crop memory |
 | `pretraining.py` | self-supervised DINO on the user's cells: the cells, the run and its files, a kNN probe |
 """

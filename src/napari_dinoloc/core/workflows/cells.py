@@ -46,17 +46,24 @@ def make_folder(folder) -> Path:
 
 
 def write_embeddings(jobs: Sequence, options, backbone, out, cache=None, progress: Optional[ProgressCallback] = None,
-                     cancel: Optional[CancelToken] = None, skips=None) -> tuple[int, int]:
+                     cancel: Optional[CancelToken] = None, skips=None, keep=None) -> tuple[int, int]:
     """Every cell of every image embedded into one .npz; (cells, images). With ``skips``, images that
-    cannot be used are noted there and left out."""
+    cannot be used are noted there and left out. ``keep``: a dict that gets the "parts" ((image name,
+    Embeddings) pairs) and the cells' "rows" (for --parquet / --zarr / --h5ad)."""
     from ..embedding_files import save_embeddings
     from ..files import check_writable
     from .training import embedded_sessions
 
     check_writable(out)
     sessions = embedded_sessions(jobs, options, backbone, cache, progress, cancel, skips=skips)
-    parts = [(s.image.name, s.embeddings) for s in sessions]
+    parts, rows = [], []
+    for session in sessions:
+        parts.append((session.image.name, session.embeddings))
+        if keep is not None:
+            rows.extend(session.rows())
     save_embeddings(out, parts)
+    if keep is not None:
+        keep.update(parts=parts, rows=rows)
     return sum(len(e.labels) for _, e in parts), len(parts)
 
 

@@ -84,9 +84,10 @@ def prediction_model(jobs: Sequence, options, *, model_path=None, annotations_pa
 
 def predict_with_model(jobs: Sequence, model: PredictionModel, out, cache=None,
                        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                       skips=None) -> PredictionResult:
+                       skips=None, keep_embeddings: Optional[list] = None) -> PredictionResult:
     """Predict every cell of every image; one CSV row per cell, one image in memory at a time.
-    With ``skips`` (a ``core.batch.Skips``) an image that cannot be used is noted and left out."""
+    With ``skips`` (a ``core.batch.Skips``) an image that cannot be used is noted and left out.
+    ``keep_embeddings``: a list that gets (image name, Embeddings) of each image (for --zarr / --h5ad)."""
     from ..bundle import check_bundle_fits
     from ..files import check_writable
     from ..table import CsvTableWriter
@@ -101,6 +102,8 @@ def predict_with_model(jobs: Sequence, model: PredictionModel, out, cache=None,
             session.set_head(model.head)
             writer.write_rows(session.rows())
             count += len(session.table)
+            if keep_embeddings is not None:
+                keep_embeddings.append((session.image.name, session.embeddings))
     return PredictionResult(Path(out), count)
 
 
