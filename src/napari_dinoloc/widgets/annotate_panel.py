@@ -126,8 +126,13 @@ class AnnotatePanel(QWidget):
         for widget in (self.add_button, self.remove_button, self.up_button, self.down_button):
             edit_row.addWidget(widget)
         act_row = QHBoxLayout()
-        for widget in (self.annotate_button, self.next_button, self.undo_button, self.redo_button, self.edit_button):
-            act_row.addWidget(widget)
+        act_row.addWidget(self.annotate_button)
+        act_row.addWidget(self.next_button)
+        tool_row = QHBoxLayout()
+        for widget in (self.undo_button, self.redo_button):
+            tool_row.addWidget(widget)
+        tool_row.addStretch(1)
+        tool_row.addWidget(self.edit_button)
         saved_row = QHBoxLayout()
         saved_row.addWidget(self.saved_to, 1)
         saved_row.addWidget(folder_button)
@@ -136,6 +141,7 @@ class AnnotatePanel(QWidget):
         layout.addWidget(self.table)
         layout.addLayout(edit_row)
         layout.addLayout(act_row)
+        layout.addLayout(tool_row)
         layout.addLayout(saved_row)
 
         self.add_button.clicked.connect(lambda _=False: self.add_class())
