@@ -142,3 +142,88 @@ def test_next_cell_is_the_least_certain_unannotated_one():
     assert next_cell_to_annotate([1, 2, 3], annotated=[3], predictions=predictions) == 2
     assert next_cell_to_annotate([1, 2, 3], annotated=[1, 2, 3], predictions=predictions) is None
     assert next_cell_to_annotate([1, 2], annotated=[1]) == 2  # no predictions yet: any open cell
+
+
+# ---- undo and redo ----------------------------------------------------------------------------------
+def saved(store) -> dict:
+    data = json.loads(store.path.read_text())
+    return {"classes": [c["name"] for c in data["classes"]], "cells": {c["label"]: c["class"] for c in data["cells"]}}
+
+
+def test_undo_and_redo_walk_the_changes_and_save_each_step(tmp_path):
+    store = new_store(tmp_path)
+    store.annotate(1, "nucleoli", (12.0, 12.0))
+    store.annotate(2, "mitochondria", (15.0, 40.0))
+    store.annotate(1, "mitochondria", (12.0, 12.0))
+    store.clear(2)
+    assert store.annotations == {1: "mitochondria"} and store.undo_text() == "clear cell 2"
+
+    assert store.undo() == "clear cell 2"
+    assert store.annotations == {1: "mitochondria", 2: "mitochondria"} == saved(store)["cells"]
+    assert store.undo() == "annotate cell 1 as 'mitochondria'"
+    assert store.annotations == {1: "nucleoli", 2: "mitochondria"} == saved(store)["cells"]
+    assert store.redo() == "annotate cell 1 as 'mitochondria'"
+    assert store.annotations == {1: "mitochondria", 2: "mitochondria"}
+    for _ in range(3):
+        store.undo()
+    assert store.annotations == {} == saved(store)["cells"] and not store.can_undo
+    assert store.undo() is None  # nothing left: no change, no error
+    store.redo()
+    store.annotate(3, "nucleoli", (30.0, 30.0))  # a new change drops what could be redone
+    assert not store.can_redo and store.redo() is None
+    assert store.annotations == {1: "nucleoli", 3: "nucleoli"}
+
+
+def test_undo_brings_back_a_removed_class_and_its_cells(tmp_path):
+    store = new_store(tmp_path, classes=("golgi", "nucleoli", "mitochondria"))
+    store.annotate(1, "nucleoli", (12.0, 12.0))
+    store.annotate(2, "nucleoli", (15.0, 40.0))
+    store.rename_class("golgi", "Golgi")
+    assert store.remove_class("nucleoli") == 2
+    assert saved(store) == {"classes": ["Golgi", "mitochondria"], "cells": {}}
+    assert store.undo() == "remove the class 'nucleoli'"
+    assert saved(store) == {"classes": ["Golgi", "nucleoli", "mitochondria"], "cells": {1: "nucleoli", 2: "nucleoli"}}
+    assert store.undo() == "rename 'golgi' to 'Golgi'" and store.class_names[0] == "golgi"
+
+
+def test_a_change_that_changes_nothing_is_not_recorded(tmp_path):
+    store = new_store(tmp_path)
+    store.annotate(1, "nucleoli", (12.0, 12.0))
+    store.annotate(1, "nucleoli", (12.0, 12.0))
+    assert not store.clear(5)
+    store.move_class("nucleoli", -1)  # already first
+    assert store.undo() == "annotate cell 1 as 'nucleoli'" and not store.can_undo
+
+
+def test_a_failed_save_changes_nothing_and_undo_survives_it(tmp_path, monkeypatch):
+    store = new_store(tmp_path)
+    store.annotate(1, "nucleoli", (12.0, 12.0))
+    before = store.path.read_text()
+    monkeypatch.setattr(ann, "write_json_atomic", lambda path, data: _write_then_fail(path, data))
+    with pytest.raises(OSError):
+        store.remove_class("nucleoli")
+    assert store.class_names == ["nucleoli", "mitochondria"] and store.annotations == {1: "nucleoli"}
+    with pytest.raises(OSError):
+        store.undo()
+    assert store.annotations == {1: "nucleoli"} and store.can_undo and store.path.read_text() == before
+    monkeypatch.undo()
+    assert store.undo() and store.annotations == {} == saved(store)["cells"]
+
+
+def test_history_is_dropped_with_a_new_segmentation(tmp_path):
+    store = new_store(tmp_path)
+    store.annotate(1, "nucleoli", (12.0, 12.0))
+    store.restore_onto(two_cells(offset=3))
+    assert not store.can_undo and store.annotations == {1: "nucleoli"}
+
+
+def test_ten_classes_have_keys_1_to_9_then_0_and_key_changes_are_named():
+    assert ann.KEYS == ("1", "2", "3", "4", "5", "6", "7", "8", "9", "0")
+    store = AnnotationStore(classes=[ann.AnnotationClass(f"c{i}", "#000000") for i in range(11)])
+    assert [store.key_of(f"c{i}") for i in (0, 8, 9, 10)] == ["1", "9", "0", ""]
+    assert store.class_for_key("0") == "c9"
+    before = store.class_names
+    after = [n for n in before if n != "c1"]
+    assert ann.key_changes(before, after)[:1] == ["c2: key 3 -> 2"]
+    assert ann.key_changes(before, after)[-2:] == ["c9: key 0 -> 9", "c10: key none -> 0"]
+    assert ann.key_changes(before, before) == []

@@ -5,6 +5,9 @@ image (``<image>.dinoloc.json``) or in a project folder (``<name>-<hash>.dinoloc
 annotated cell keeps its centroid and a point inside it, so the annotations survive a new
 segmentation: on restore every saved point is mapped to the cell under it in the current labels.
 A file that cannot be read is renamed ``.corrupt`` and reported, never overwritten.
+
+Every change can be undone and redone (``undo()``, ``redo()``): the store keeps the states before
+its last changes. A change whose save fails is rolled back, so memory and file always agree.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from .annotation_history import Snapshot, UndoHistory
 from .errors import DinolocError
 from .files import atomic_write, write_json_atomic
 
@@ -34,7 +38,8 @@ PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
     "#17becf", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
 )
-KEYS = tuple(str(i) for i in range(1, 10))
+#: Keys that pick a class, in class-list order: 1–9 then 0 (ten classes).
+KEYS = (*(str(i) for i in range(1, 10)), "0")
 
 
 @dataclass
@@ -67,8 +72,8 @@ class RestoreReport:
 
 
 @dataclass
-class AnnotationStore:
-    """Class list + annotations of one image, saved after every change."""
+class AnnotationStore(UndoHistory):
+    """Class list + annotations of one image, saved after every change; every change can be undone."""
 
     path: Optional[Path] = None
     content_hash: str = ""
@@ -77,6 +82,8 @@ class AnnotationStore:
     cells: dict[int, AnnotatedCell] = field(default_factory=dict)
     notice: str = ""      # what the user should be told after opening (restored, corrupt file kept aside)
     notice_is_warning: bool = False
+    _undo: list[Snapshot] = field(default_factory=list, repr=False, compare=False)  # see annotation_history
+    _redo: list[Snapshot] = field(default_factory=list, repr=False, compare=False)
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -125,7 +132,7 @@ class AnnotationStore:
 
     def key_of(self, name: str) -> str:
         names = self.class_names
-        return KEYS[names.index(name)] if name in names and names.index(name) < len(KEYS) else ""
+        return key_for_position(names.index(name)) if name in names else ""
 
     def class_for_key(self, key: str) -> Optional[str]:
         index = KEYS.index(key) if key in KEYS else len(self.classes)
@@ -133,40 +140,42 @@ class AnnotationStore:
 
     def add_class(self, name: str, colour: Optional[str] = None) -> str:
         name = _check_class_name(name, self.class_names)
-        self.classes.append(AnnotationClass(name, colour or self._unused_colour()))
-        self.save()
+        with self._change(f"add the class {name!r}"):
+            self.classes.append(AnnotationClass(name, colour or self._unused_colour()))
         return name
 
     def rename_class(self, old: str, new: str) -> str:
         if new == old:
             return old
         new = _check_class_name(new, [n for n in self.class_names if n != old])
-        self._class(old).name = new
-        for cell in self.cells.values():
-            if cell.name == old:
-                cell.name = new
-        self.save()
+        with self._change(f"rename {old!r} to {new!r}"):
+            self._class(old).name = new
+            for cell in self.cells.values():
+                if cell.name == old:
+                    cell.name = new
         return new
 
     def remove_class(self, name: str) -> int:
         """Remove a class and the annotations that use it; returns how many cells lost theirs."""
-        self.classes.remove(self._class(name))
+        cls = self._class(name)
         dropped = [label for label, cell in self.cells.items() if cell.name == name]
-        for label in dropped:
-            del self.cells[label]
-        self.save()
+        with self._change(f"remove the class {name!r}"):
+            self.classes.remove(cls)
+            for label in dropped:
+                del self.cells[label]
         return len(dropped)
 
     def move_class(self, name: str, offset: int) -> None:
         """Move a class up (-1) or down (+1) in the list: the order is the keys' and the model's."""
         index = self.class_names.index(name)
         target = min(max(index + offset, 0), len(self.classes) - 1)
-        self.classes.insert(target, self.classes.pop(index))
-        self.save()
+        with self._change(f"move the class {name!r}"):
+            self.classes.insert(target, self.classes.pop(index))
 
     def set_colour(self, name: str, colour: str) -> None:
-        self._class(name).colour = colour
-        self.save()
+        cls = self._class(name)
+        with self._change(f"colour {name!r}"):
+            cls.colour = colour
 
     def _class(self, name: str) -> AnnotationClass:
         for cls in self.classes:
@@ -188,14 +197,15 @@ class AnnotationStore:
         self._class(name)  # unknown classes are an error, not a silent new class
         centroid = (float(centroid[0]), float(centroid[1]))
         inside = centroid if inside is None else (float(inside[0]), float(inside[1]))
-        self.cells[int(label)] = AnnotatedCell(int(label), name, centroid, inside)
-        self.save()
+        with self._change(f"annotate cell {int(label)} as {name!r}"):
+            self.cells[int(label)] = AnnotatedCell(int(label), name, centroid, inside)
 
     def clear(self, label: int) -> bool:
-        removed = self.cells.pop(int(label), None) is not None
-        if removed:
-            self.save()
-        return removed
+        if int(label) not in self.cells:
+            return False
+        with self._change(f"clear cell {int(label)}"):
+            del self.cells[int(label)]
+        return True
 
     def counts(self) -> dict[str, int]:
         counts = {name: 0 for name in self.class_names}
@@ -224,6 +234,8 @@ class AnnotationStore:
         report.restored = len(restored)
         changed = {k: c.name for k, c in restored.items()} != self.annotations
         self.cells = restored
+        self._undo.clear()  # earlier states name cells of the old segmentation
+        self._redo.clear()
         if changed:
             self.save()
         return report
@@ -261,6 +273,23 @@ class AnnotationStore:
             writer.writeheader()
             writer.writerows(self.rows())
         return Path(path)
+
+
+def key_for_position(index: int) -> str:
+    """The key of the class at ``index`` in the list ('' past the tenth)."""
+    return KEYS[index] if 0 <= index < len(KEYS) else ""
+
+
+def key_changes(before: Sequence[str], after: Sequence[str]) -> list[str]:
+    """'golgi: key 3 -> 2' for each class in both lists whose key changed (a class removed or moved
+    shifts the keys of the classes after it)."""
+    changes = []
+    for index, name in enumerate(after):
+        if name in before:
+            old, new = key_for_position(list(before).index(name)), key_for_position(index)
+            if old != new:
+                changes.append(f"{name}: key {old or 'none'} -> {new or 'none'}")
+    return changes
 
 
 # ---- where the store lives --------------------------------------------------------------------

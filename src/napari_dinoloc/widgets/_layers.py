@@ -94,6 +94,7 @@ def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[
             setattr(layer, key, value)
         if colormap is not None:
             layer.colormap = colormap
+        layer.editable = False  # napari's paint/fill keys never change the plugin's layers
         return layer
     if like is not None and tuple(layer.scale) != tuple(like.scale)[-2:]:
         layer.scale = tuple(like.scale)[-2:]
@@ -102,6 +103,7 @@ def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[
     if colormap is not None:
         layer.colormap = colormap
     layer.data = data
+    layer.editable = False  # napari makes a Labels layer editable again on new data
     return layer
 
 

@@ -1,4 +1,5 @@
-"""Step 3: the class list, and annotating cells by clicking them (keys 1–9 pick the class)."""
+"""Step 3: the class list, and annotating cells by clicking them (keys 1–9 and 0 pick the class,
+n goes to the next cell, Ctrl+Z / Ctrl+Shift+Z undo and redo)."""
 
 from __future__ import annotations
 
@@ -8,137 +9,18 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QAbstractItemView, QColorDialog, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton,
-    QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView, QColorDialog, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox,
+    QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from ..core.annotations import KEYS, next_cell_to_annotate
+from ..core.annotations import KEYS, key_changes, next_cell_to_annotate
 from ..core.errors import DinolocError
-from ._layers import ANNOTATIONS, CELLS, PREDICTED, find_layer
+from ._layers import CELLS, find_layer
 from ._workers import notify_info, report_error, reports_errors
+from .cell_clicker import NEXT_KEY, REDO_KEY, UNDO_KEY, CellClicker
+from .cell_editing import CellEditor
 
-CLICK_TOLERANCE = 4  # canvas pixels a press may move and still count as a click, not a pan
 COLUMNS = ("Key", "", "Class", "Cells")
-HELP = "click a cell: give it the selected class, right-click: clear it, 1–9: select the class, drag: pan"
-
-
-class CellClicker:
-    """While on: a click on a cell gives it the current class, a right-click clears it, keys 1–9
-    pick the class. Drags still pan the view."""
-
-    def __init__(self, state, current_class, pick_class):
-        self.state = state
-        self._current_class = current_class  # () -> class name or None
-        self._pick_class = pick_class        # (key) -> None
-        self.enabled = False
-
-    @property
-    def viewer(self):
-        return self.state.viewer
-
-    def enable(self) -> None:
-        if self.enabled:
-            return
-        self.enabled = True
-        self.viewer.mouse_drag_callbacks.append(self._on_press)
-        for target in self._key_targets():
-            for key in KEYS:
-                target.bind_key(key, self._key_handler(key), overwrite=True)
-        cells = find_layer(self.viewer, CELLS)
-        if cells is not None:
-            # Our layer active in pan/zoom mode: clicks never paint, and its 1–9 bindings win.
-            self.viewer.layers.selection.active = cells
-            cells.mode = "pan_zoom"
-            cells.help = HELP
-
-    def disable(self) -> None:
-        if not self.enabled:
-            return
-        self.enabled = False
-        viewer = self.viewer
-        if viewer is None:
-            return
-        if self._on_press in viewer.mouse_drag_callbacks:
-            viewer.mouse_drag_callbacks.remove(self._on_press)
-        for target in self._key_targets():
-            for key in KEYS:
-                target.bind_key(key, None)
-        cells = find_layer(viewer, CELLS)
-        if cells is not None and cells.help == HELP:
-            cells.help = ""
-
-    def _key_targets(self):
-        layers = [find_layer(self.viewer, name) for name in (CELLS, ANNOTATIONS, PREDICTED)]
-        return [self.viewer, *(layer for layer in layers if layer is not None)]
-
-    def _key_handler(self, key: str):
-        def pick(_provider):
-            self._pick_class(key)
-
-        return pick
-
-    def watch_selection(self, cells_layer) -> None:
-        """Outside annotate mode a click on a cell selects it (shift-click: add or remove), so the
-        UMAP dock can highlight it."""
-        if self._on_select_press not in cells_layer.mouse_drag_callbacks:
-            cells_layer.mouse_drag_callbacks.append(self._on_select_press)
-
-    def _on_press(self, viewer, event):
-        if event.button in (1, 2) and not event.modifiers:
-            yield from _on_click(event, lambda position: self.click(position, erase=event.button == 2))
-
-    def _on_select_press(self, layer, event):
-        if not self.enabled and event.button == 1 and layer.mode == "pan_zoom":
-            yield from _on_click(event, lambda position: self.select(position, add="Shift" in event.modifiers))
-
-    def click(self, world_position, erase: bool = False) -> Optional[int]:
-        """Annotate the cell at ``world_position``; returns its label (None on background)."""
-        label = self.cell_at(world_position)
-        if not label:
-            return None
-        name = None if erase else self._current_class()
-        if name is None and not erase:
-            notify_info("Add a class first (type its name and press Add), then click cells.")
-            return None
-        try:
-            self.state.annotate(label, name)
-        except Exception as error:  # noqa: BLE001 - a failed save is reported, the viewer keeps running
-            report_error("Annotating", error)
-            return None
-        if label in self.state.selected:  # the white outline would hide the class colour
-            self.state.select_cells([other for other in self.state.selected if other != label])
-        return label
-
-    def select(self, world_position, add: bool = False) -> None:
-        label = self.cell_at(world_position)
-        selected = list(self.state.selected) if add else []
-        if label and label in selected:
-            selected.remove(label)
-        elif label:
-            selected.append(label)
-        self.state.select_cells(selected)
-
-    def cell_at(self, world_position) -> int:
-        session = self.state.session
-        cells = find_layer(self.viewer, CELLS)
-        if session.labels is None or cells is None:
-            return 0
-        y, x = np.round(cells.world_to_data(world_position)[-2:]).astype(int)
-        height, width = session.labels.shape
-        return int(session.labels[y, x]) if 0 <= y < height and 0 <= x < width else 0
-
-
-def _on_click(event, on_click):
-    """Drive a napari drag callback: call ``on_click(position)`` on release unless the mouse moved
-    (then it was a pan)."""
-    position, start = tuple(event.position), np.asarray(event.pos, dtype=float)
-    yield
-    moved = False
-    while event.type == "mouse_move":
-        moved = moved or np.linalg.norm(np.asarray(event.pos, dtype=float) - start) > CLICK_TOLERANCE
-        yield
-    if not moved:
-        on_click(position)
 
 
 class ClassTable(QTableWidget):
@@ -198,7 +80,10 @@ class AnnotatePanel(QWidget):
     def __init__(self, state, runner, parent=None):
         super().__init__(parent)
         self.state, self.runner = state, runner
-        self.clicker = CellClicker(state, self.current_class, self.pick_key)
+        keys = {key: (lambda key=key: self.pick_key(key)) for key in KEYS}
+        keys.update({UNDO_KEY: self.undo, REDO_KEY: self.redo, NEXT_KEY: self.next_cell})
+        self.clicker = CellClicker(state, self.current_class, keys)
+        self.editor = CellEditor(state)
         self._rng = np.random.default_rng(0)
         self._build()
         state.annotations_changed.connect(self.refresh)
@@ -211,7 +96,7 @@ class AnnotatePanel(QWidget):
         self.new_name.setPlaceholderText("new class name")
         self.add_button = QPushButton("Add")
         self.remove_button = QPushButton("Remove")
-        self.remove_button.setToolTip("Remove the selected class and its annotations")
+        self.remove_button.setToolTip("Remove the selected class and its annotations (asks first; Undo brings them back)")
         self.up_button, self.down_button = QPushButton("▲"), QPushButton("▼")
         for button in (self.up_button, self.down_button):
             button.setFixedWidth(28)
@@ -219,10 +104,17 @@ class AnnotatePanel(QWidget):
         self.annotate_button = QPushButton("Annotate by clicking")
         self.annotate_button.setCheckable(True)
         self.annotate_button.setToolTip("Click a cell: it gets the selected class. Right-click: clear it. "
-                                        "Keys 1–9 select the class. Drag to pan as usual.")
+                                        "Keys 1–9 and 0 select the class, n: next cell, Ctrl+Z / Ctrl+Shift+Z: "
+                                        "undo / redo. Drag to pan as usual.")
         self.next_button = QPushButton("Next cell to annotate")
         self.next_button.setToolTip("Centre the view on the unannotated cell the model is least sure about "
-                                    "(smallest gap between its two most likely classes); before any model, a random one.")
+                                    "(smallest gap between its two most likely classes); before any model, a random one. "
+                                    "Key: n (while annotating).")
+        self.undo_button, self.redo_button = QPushButton("Undo"), QPushButton("Redo")
+        self.edit_button = QPushButton("Edit cells")
+        self.edit_button.setCheckable(True)
+        self.edit_button.setToolTip("Correct the cells with napari's paint, fill and erase tools; turn off to use "
+                                    "the edited cells. Otherwise the cells layer cannot be painted.")
         self.saved_to = QLabel()
         self.saved_to.setWordWrap(True)
         self.saved_to.setStyleSheet("color: gray;")
@@ -236,6 +128,11 @@ class AnnotatePanel(QWidget):
         act_row = QHBoxLayout()
         act_row.addWidget(self.annotate_button)
         act_row.addWidget(self.next_button)
+        tool_row = QHBoxLayout()
+        for widget in (self.undo_button, self.redo_button):
+            tool_row.addWidget(widget)
+        tool_row.addStretch(1)
+        tool_row.addWidget(self.edit_button)
         saved_row = QHBoxLayout()
         saved_row.addWidget(self.saved_to, 1)
         saved_row.addWidget(folder_button)
@@ -244,6 +141,7 @@ class AnnotatePanel(QWidget):
         layout.addWidget(self.table)
         layout.addLayout(edit_row)
         layout.addLayout(act_row)
+        layout.addLayout(tool_row)
         layout.addLayout(saved_row)
 
         self.add_button.clicked.connect(lambda _=False: self.add_class())
@@ -253,6 +151,9 @@ class AnnotatePanel(QWidget):
         self.down_button.clicked.connect(lambda _=False: self.move_class(+1))
         self.annotate_button.toggled.connect(self.set_annotating)
         self.next_button.clicked.connect(lambda _=False: self.next_cell())
+        self.undo_button.clicked.connect(lambda _=False: self.undo())
+        self.redo_button.clicked.connect(lambda _=False: self.redo())
+        self.edit_button.toggled.connect(self.set_editing)
         folder_button.clicked.connect(lambda _=False: self._choose_folder())
         self.table.itemChanged.connect(self._on_item_edited)
         self.table.cellDoubleClicked.connect(self._on_double_click)
@@ -265,8 +166,18 @@ class AnnotatePanel(QWidget):
         self.new_name.setPlaceholderText("first class, e.g. nucleoli; then Add" if empty else "new class name")
         self.saved_to.setText(f"Saved to {store.path}" if store is not None and store.path else
                               "Annotations are saved next to the image once it is chosen.")
+        for button, text, verb in ((self.undo_button, store and store.undo_text(), "Undo"),
+                                   (self.redo_button, store and store.redo_text(), "Redo")):
+            button.setEnabled(bool(text))
+            keys = "Ctrl+Z" if verb == "Undo" else "Ctrl+Shift+Z"
+            button.setToolTip(f"{verb}: {text} ({keys} while annotating)" if text else f"Nothing to {verb.lower()}")
 
     def _on_cells_changed(self) -> None:
+        if self.editor.editing:  # new cells from elsewhere: edits of the old ones are dropped
+            self.editor.editing = False
+            self.edit_button.blockSignals(True)
+            self.edit_button.setChecked(False)
+            self.edit_button.blockSignals(False)
         if self.state.session.labels is None:
             self.annotate_button.setChecked(False)
             return
@@ -301,18 +212,45 @@ class AnnotatePanel(QWidget):
 
     @reports_errors("Removing a class")
     def remove_class(self) -> None:
-        name = self.current_class()
-        if name is not None:
-            dropped = self.state.edit_classes(self.store().remove_class, name)
-            if dropped:
-                notify_info(f"Removed the class {name!r} and its {dropped} annotated cell(s).")
+        name, store = self.current_class(), self.store()
+        if name is None:
+            return
+        count = store.counts().get(name, 0)
+        if count and QMessageBox.question(
+                self, "Remove a class", f"Remove the class {name!r}? Its {count} annotated cell(s) lose their class.\n"
+                "(Undo brings them back.)", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No) != QMessageBox.StandardButton.Yes:
+            return
+        before = store.class_names
+        dropped = self.state.edit_classes(store.remove_class, name)
+        changes = key_changes(before, store.class_names)
+        if dropped or changes:
+            notify_info(f"Removed the class {name!r}" + (f" and the class of {dropped} annotated cell(s)" if dropped else "")
+                        + (f". Keys changed: {'; '.join(changes)}." if changes else "."))
 
     @reports_errors("Moving a class")
     def move_class(self, offset: int) -> None:
-        name = self.current_class()
+        name, store = self.current_class(), self.store()
         if name is not None:
-            self.state.edit_classes(self.store().move_class, name, offset)
+            before = store.class_names
+            self.state.edit_classes(store.move_class, name, offset)
             self.table.select_name(name)
+            changes = key_changes(before, store.class_names)
+            if changes:
+                self.state.viewer.status = f"Keys changed: {'; '.join(changes)}"
+
+    @reports_errors("Undo")
+    def undo(self) -> Optional[str]:
+        return self._step(self.store().undo, "Undone", "Nothing to undo.")
+
+    @reports_errors("Redo")
+    def redo(self) -> Optional[str]:
+        return self._step(self.store().redo, "Redone", "Nothing to redo.")
+
+    def _step(self, step, done: str, nothing: str) -> Optional[str]:
+        what = self.state.edit_classes(step)
+        self.state.viewer.status = f"{done}: {what}" if what else nothing
+        return what
 
     def _on_item_edited(self, item: QTableWidgetItem) -> None:
         if item.column() != 2:
@@ -345,8 +283,26 @@ class AnnotatePanel(QWidget):
         if on and self.state.session.labels is None:
             self.annotate_button.setChecked(False)
             raise DinolocError("There are no cells yet: segment the image or use a label image first.")
+        if on:
+            self.edit_button.setChecked(False)  # clicks annotate, they never paint
         (self.clicker.enable if on else self.clicker.disable)()
         self.annotate_button.setText("Annotating… (click cells)" if on else "Annotate by clicking")
+
+    def set_editing(self, on: bool) -> None:
+        try:
+            if on:
+                self.annotate_button.setChecked(False)
+                self.editor.start()
+                self.state.viewer.status = "Editing the cells: paint (2), fill (4), erase (1); turn 'Edit cells' off to use them"
+            else:
+                message = self.editor.finish()
+                if message:
+                    notify_info(message)
+        except Exception as error:  # noqa: BLE001 - reported; the cells layer stays locked
+            report_error("Editing the cells", error)
+            self.edit_button.blockSignals(True)
+            self.edit_button.setChecked(False)
+            self.edit_button.blockSignals(False)
 
     @reports_errors("Finding the next cell")
     def next_cell(self) -> Optional[int]:
