@@ -190,7 +190,9 @@ def cmd_predict(args) -> int:
                              device=args.device, cache=cache(args), progress=TextProgress(),
                              backbone=given_backbone(args), skips=skipped)
     result = predict_with_model(plan.jobs, model, args.out, cache=cache(args), progress=TextProgress(), skips=skipped)
-    print(f"{result.path}: {result.cells} cells")
+    print(result.summary())
+    for warning in result.warnings:
+        say(f"dinoloc: warning: {warning}")
     return report_skips(skipped)
 
 
