@@ -69,7 +69,8 @@ def test_file_is_plain_safetensors_with_the_documented_layout(tmp_path):
     with safe_open(str(path), framework="np") as handle:
         keys = set(handle.keys())
         info = json.loads(handle.metadata()["dinoloc"])
-    assert keys == {"head.scaler_mean", "head.scaler_scale", "head.weight", "head.bias"}
+    assert keys == {"head.scaler_mean", "head.scaler_scale", "head.weight", "head.bias", "head.familiar_reference"}
+    assert info["head"]["familiarity"]["threshold"] > 0  # cells farther than this from every training cell: unfamiliar
     assert info["class_names"] == ["er", "mito", "nucleoli"] and info["format_version"] == 1
     assert info["head"]["kind"] == "logistic" and info["backbone"]["weights_hash"] == "ab" * 32
 

@@ -212,7 +212,9 @@ def cmd_predict(args) -> int:
     kept = [] if extra.need_embeddings else None
     result = predict_with_model(plan.jobs, model, args.out, cache=cache(args), progress=TextProgress(), skips=skipped,
                                 keep_embeddings=kept)
-    print(f"{result.path}: {result.cells} cells")
+    print(result.summary())
+    for warning in result.warnings:
+        say(f"dinoloc: warning: {warning}")
     if extra.asked:
         from ..core.workflows import cell_outputs
 

@@ -25,6 +25,7 @@ import numpy as np
 from .annotation_history import Snapshot, UndoHistory
 from .errors import DinolocError
 from .files import atomic_write, write_json_atomic
+from .palette import CLASS_PALETTE, hides_a_stain
 
 FORMAT = "napari-dinoloc annotations"
 VERSION = 1
@@ -33,8 +34,10 @@ SUFFIX = ".dinoloc.json"
 HOME_VARIABLE = "NAPARI_DINOLOC_HOME"
 #: A saved point that lands on background still finds a cell this close (pixels).
 RESTORE_RADIUS = 6
-#: Distinct colours (Tableau 10, then lighter shades) for new classes, in order.
-PALETTE = (
+#: Colours for new classes, in order: none near a channel's colour or grey (core/palette.py).
+PALETTE = CLASS_PALETTE
+#: The colours earlier versions gave new classes (Tableau): those that hide a stain are replaced on opening.
+OLD_PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
     "#17becf", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
 )
@@ -116,8 +119,16 @@ class AnnotationStore(UndoHistory):
             self.notice_is_warning = True
             return
         self.classes, self.cells = classes, cells
+        self._replace_old_default_colours()
         if cells:
             self.notice = f"Restored {len(cells)} annotated cell(s) from {self.path.name}."
+
+    def _replace_old_default_colours(self) -> None:
+        """An earlier version's default colour that hides a stain or looks grey gets a palette colour;
+        colours the user chose stay."""
+        for cls in self.classes:
+            if cls.colour.lower() in OLD_PALETTE and hides_a_stain(cls.colour):
+                cls.colour = self._unused_colour()
 
     # ---- the class list -------------------------------------------------------------------------
     @property

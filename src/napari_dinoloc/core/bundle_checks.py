@@ -83,3 +83,19 @@ def check_head_sizes(info: Mapping, shapes: Mapping[str, TensorInfo], path: Path
             check_limit(f"a {key.replace('_', ' ')} of", info[key], limit, path)
     if not any(name.startswith("head.") for name in shapes):
         raise DinolocError(f"{path.name} holds no classifier weights; the file is damaged. Save the model again.")
+    _check_familiarity(head, shapes, path)
+
+
+def _check_familiarity(head: Mapping, shapes: Mapping[str, TensorInfo], path: Path) -> None:
+    """The reference cells that flag unfamiliar cells: at most MAX_REFERENCE rows of the head's inputs
+    (bundles saved before they existed have none)."""
+    from .heads import MAX_REFERENCE
+
+    info = shapes.get("head.familiar_reference")
+    if info is None:
+        return
+    shape = tuple(info.shape)
+    if len(shape) != 2 or shape[1] != head.get("input_dim"):
+        raise DinolocError(f"{path.name} declares familiarity reference cells of shape {shape}, which do not fit its "
+                           f"{head.get('input_dim')} classifier inputs: the file is damaged or crafted. Choose another file.")
+    check_limit("a number of familiarity reference cells of", shape[0], MAX_REFERENCE, path)

@@ -13,7 +13,7 @@ from .files import atomic_write
 #: Columns before the per-class probabilities.
 LEADING_COLUMNS = ("image", "label", "centroid_y", "centroid_x", "area", "predicted_class", "confidence")
 #: Columns after the per-class probabilities.
-TRAILING_COLUMNS = ("user_label", "backbone", "weights_hash", "strategy")
+TRAILING_COLUMNS = ("user_label", "backbone", "weights_hash", "strategy", "unfamiliar")
 
 
 def columns(class_names: Sequence[str]) -> list[str]:
@@ -46,6 +46,7 @@ def cell_rows(
         row["user_label"] = user_labels.get(label, "")
         for key in ("backbone", "weights_hash", "strategy"):
             row[key] = model_info.get(key, "")
+        row["unfamiliar"] = _unfamiliar_field(predictions, by_label.get(label))
         rows.append(row)
     return rows
 
@@ -64,6 +65,13 @@ def _prediction_fields(predictions, index: int | None, class_names) -> dict:
     fields = {"predicted_class": class_names[best], "confidence": round(float(probabilities[best]), 6)}
     fields.update({f"prob_{c}": round(float(p), 6) for c, p in zip(class_names, probabilities)})
     return fields
+
+
+def _unfamiliar_field(predictions, index: int | None):
+    """True/False; empty without a prediction. A model saved before the flag existed gives False."""
+    if predictions is None or index is None:
+        return ""
+    return bool(predictions.unfamiliar[index])
 
 
 class CsvTableWriter:

@@ -5,6 +5,7 @@ class i -> i + 1) with a small ``DirectLabelColormap``: recolouring thousands of
 by one is slow in napari (#6732). Per-cell numbers go to the cells layer's ``features`` (one row
 per cell, an explicit ``label`` column and napari's ``index`` column), assigned as a whole table
 so napari's events fire and hovering a cell shows its class and confidence in the status bar.
+How predictions are drawn (rims or fill, by class or confidence, unfamiliar cells): ``_prediction_layers``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ._prediction_layers import (
+    PredictionDisplay, edge_distance, outline_width, prediction_values, remove_unfamiliar, rim, show_unfamiliar,
+)
 
 CELLS = "cells"
 ANNOTATIONS = "annotations"
@@ -62,11 +67,11 @@ def cell_features(session, user_labels: Mapping[int, str]):
 
 
 def colour_for(name: str, index: int, store) -> str:
-    from ..core.annotations import PALETTE
+    from ..core.palette import class_colour
 
     if store is not None and name in store.class_names:
         return store.colour_of(name)
-    return PALETTE[index % len(PALETTE)]
+    return class_colour(index)
 
 
 def find_layer(viewer, name: str):
@@ -107,15 +112,6 @@ def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[
     return layer
 
 
-def cell_outlines(labels: np.ndarray, width: int = 2) -> np.ndarray:
-    """True on the inner rim (``width`` pixels) of every cell. Computed once per segmentation, so
-    recolouring outlines on every click needs no contour computation (slow on large images)."""
-    from scipy import ndimage as ndi
-
-    footprint = ndi.iterate_structure(ndi.generate_binary_structure(2, 1), width)
-    return (labels > 0) & (ndi.grey_erosion(labels, footprint=footprint) != ndi.grey_dilation(labels, footprint=footprint))
-
-
 def remove_layer(viewer, name: str) -> None:
     layer = find_layer(viewer, name)
     if layer is not None:
@@ -128,7 +124,10 @@ class LayerPresenter:
 
     def __init__(self, state):
         self.state = state
-        self._outline = None           # rims of the current cells
+        self._outline = None           # rims of the current cells (annotations, selection)
+        self._distance = None          # each cell pixel's distance to its edge: the prediction rims
+        self._width = 1                # rim width in pixels, from the image size
+        self.display = PredictionDisplay()  # the dock's choices: rim or fill, colour by class or confidence
         self._colours: dict[str, tuple] = {}  # colours of each class layer's current colormap
         state.cells_changed.connect(self.show_cells)
         state.annotations_changed.connect(self.show_annotations)
@@ -154,12 +153,17 @@ class LayerPresenter:
         if session.labels is None:  # a new image: the old cells and everything on them go
             for name in (PREDICTED, ANNOTATIONS, SELECTED, CELLS):
                 remove_layer(viewer, name)
+            remove_unfamiliar(viewer)
             return
-        self._outline = cell_outlines(session.labels)
+        self._width = outline_width(session.labels.shape)
+        self._distance = edge_distance(session.labels)
+        self._outline = rim(session.labels, self._distance, 0, 2 * self._width)
         self._colours = {}
         # Thin neutral outlines: class colours (annotations, predictions) stay the only colours.
         cells = show_labels(viewer, CELLS, session.labels, like=self._like(), colormap=outline_colormap(),
-                            contour=1, opacity=0.5)
+                            contour=self._width, opacity=0.5)
+        if cells.contour != self._width:  # the same layer, a new image size
+            cells.contour = self._width
         self.show_annotations()
         viewer.layers.selection.active = cells  # hovering shows the cell's numbers; no paint tool armed
 
@@ -182,14 +186,19 @@ class LayerPresenter:
         predictions = session.predictions
         if predictions is None or session.labels is None:
             remove_layer(viewer, PREDICTED)
+            remove_unfamiliar(viewer)
             self._refresh_cell_features()
             return
-        names = list(predictions.class_names)
-        colours = [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
-        image = class_id_image(session.labels, predictions.labels, predictions.predicted + 1)
+        values, colours, names = prediction_values(predictions, self.display.colour_by)
+        colours = colours or [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
+        image = class_id_image(session.labels, predictions.labels, values)
+        if not self.display.fill:  # a rim inside the annotation rim: the protein stays visible
+            image[~rim(session.labels, self._distance, 2 * self._width, 4 * self._width)] = 0
         layer = show_labels(viewer, PREDICTED, image, like=self._like(), below=(ANNOTATIONS, CELLS),
-                            colormap=self._colormap_if_changed(PREDICTED, colours), opacity=0.45)
+                            colormap=self._colormap_if_changed(PREDICTED, colours))
+        layer.opacity = self.display.layer_opacity
         layer.features = _class_features(names)
+        show_unfamiliar(viewer, session, like=self._like())
         self._refresh_cell_features()
         cells = find_layer(viewer, CELLS)
         if cells is not None:
@@ -208,6 +217,13 @@ class LayerPresenter:
                     opacity=1.0)
         if active is not None and active in viewer.layers:
             viewer.layers.selection.active = active  # a new layer takes the selection: give it back
+
+    def set_display(self, **changes) -> None:
+        """Change how predictions are drawn (``PredictionDisplay`` fields) and redraw them."""
+        for key, value in changes.items():
+            setattr(self.display, key, value)
+        if self.state.session.predictions is not None:
+            self.show_predictions()
 
     def _colormap_if_changed(self, name: str, colours: Sequence[str]):
         """A new colormap only when the colours changed (each colormap change redraws the layer)."""

@@ -15,10 +15,13 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import DinolocError
 from ..core.workflows.cell_outputs import export_anndata
+from ..core.heads import unfamiliar_summary, unfamiliar_warning
 from ..core.workflows.cells import export_cells, export_embeddings
 from ..core.workflows.predicting import predict_session_with_bundle, save_session_model
 from ._layers import colour_for
-from ._workers import notify_info, path_row, reports_errors
+from ._prediction_layers import CONFIDENCE, prediction_values
+from ._workers import notify_info, notify_warning, path_row, reports_errors
+from .display_options import DisplayOptions
 from .annotate_panel import colour_icon
 
 BUNDLE = "bundle"
@@ -159,6 +162,8 @@ class PredictPanel(QWidget):
         self.bundle_row.hide()
         self.predict_button = QPushButton("Train and predict")
         self.legend = Legend()
+        self.display = DisplayOptions(self.state)
+        self.display.colour_box.currentIndexChanged.connect(lambda _=None: self.show_legend())
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: gray;")
@@ -169,7 +174,7 @@ class PredictPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
-        for widget in (self.bundle_row, self.predict_button, self.legend, self.summary, self.exports):
+        for widget in (self.bundle_row, self.predict_button, self.legend, self.summary, self.display, self.exports):
             layout.addWidget(widget)
 
         self.head.currentIndexChanged.connect(lambda _=None: self._on_head_changed())
@@ -225,6 +230,7 @@ class PredictPanel(QWidget):
             return
         self._head_counts = counts
         self.state.use_head(head)
+        self._warn_if_unfamiliar()
 
     def _use_bundle(self, labels, backbone, embeddings, bundle) -> None:
         if self.state.session.labels is not labels:
@@ -234,6 +240,13 @@ class PredictPanel(QWidget):
             self.state.use_embeddings(backbone, embeddings)
         self._head_counts = dict(bundle.class_counts)
         self.state.use_head(bundle.head)
+        self._warn_if_unfamiliar()
+
+    def _warn_if_unfamiliar(self) -> None:
+        predictions, image = self.state.session.predictions, self.state.session.image
+        warning = unfamiliar_warning(predictions, image.name if image else "") if predictions is not None else None
+        if warning:
+            notify_warning(warning)
 
     # ---- legend ----------------------------------------------------------------------------------------
     def show_legend(self) -> None:
@@ -242,12 +255,15 @@ class PredictPanel(QWidget):
             self.legend.show_counts([], [], [])
             self.summary.setText("")
             return
-        names = list(predictions.class_names)
-        counts = np.bincount(predictions.predicted, minlength=len(names))
-        colours = [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
+        colour_by = self.display.colour_box.currentData()
+        values, colours, names = prediction_values(predictions, colour_by)
+        counts = np.bincount(values - 1, minlength=len(names)) if len(values) else np.zeros(len(names), int)
+        colours = colours or [colour_for(name, i, self.state.annotations) for i, name in enumerate(names)]
+        self.legend.setHorizontalHeaderLabels(["", "Confidence" if colour_by == CONFIDENCE else "Predicted class", "Cells"])
         self.legend.show_counts(names, colours, counts)
         confidence = float(np.mean(predictions.confidence)) if len(predictions.labels) else 0.0
-        self.summary.setText(f"{len(predictions.labels)} cells, mean confidence {confidence:.2f}. "
+        self.summary.setText(f"{len(predictions.labels)} cells, mean confidence {confidence:.2f}; "
+                             f"{unfamiliar_summary(predictions)}. "
                              "Hover a cell (cells layer selected) to see its class and confidence.")
 
 

@@ -14,6 +14,9 @@ from .. import defaults
 from ..errors import DinolocError
 from ..progress import CancelToken, ProgressCallback
 from ..registry import Registry
+from ._familiarity import (
+    MAX_REFERENCE, WARN_FRACTION, Familiarity, fit_familiarity, nearest_distances, unfamiliar_summary, unfamiliar_warning,
+)
 from ._base import MIN_CELLS_PER_CLASS, Head, Predictions, as_vectors, encode_classes, one_torch_thread
 from ._kinds import KnnHead, LogisticHead, MlpHead
 
@@ -41,6 +44,8 @@ def head_from_state(tensors: Mapping[str, np.ndarray], config: Mapping) -> Head:
 
 
 __all__ = [
+    "Familiarity", "MAX_REFERENCE", "WARN_FRACTION", "fit_familiarity", "nearest_distances", "unfamiliar_summary",
+    "unfamiliar_warning",
     "HEADS", "MIN_CELLS_PER_CLASS", "Head", "KnnHead", "LogisticHead", "MlpHead", "Predictions", "as_vectors",
     "encode_classes", "head_from_state", "make_head", "one_torch_thread", "train_head",
 ]

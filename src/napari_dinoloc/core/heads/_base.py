@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import DinolocError
 from ..progress import CancelToken, ProgressCallback, check_cancel
+from ._familiarity import CONFIG as FAMILIARITY_CONFIG, TENSOR as FAMILIARITY_TENSOR, Familiarity, fit_familiarity
 
 MIN_CELLS_PER_CLASS = 2
 
@@ -27,16 +28,29 @@ MIN_CELLS_PER_CLASS = 2
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Predictions:
-    """Per-cell class probabilities; row i belongs to the cell with label ``labels[i]``."""
+    """Per-cell class probabilities; row i belongs to the cell with label ``labels[i]``.
+
+    ``unfamiliar[i]``: cell i lies far from every training cell (its prediction is a guess). Not given
+    (a head saved before this was measured): all False and ``familiarity_known`` False.
+    """
 
     labels: np.ndarray
     class_names: tuple[str, ...]
     probabilities: np.ndarray
+    unfamiliar: Optional[np.ndarray] = None
+    familiarity_known: bool = True
 
     def __post_init__(self) -> None:
         n_cells, n_classes = self.probabilities.shape
         if len(self.labels) != n_cells or len(self.class_names) != n_classes:
             raise ValueError("labels, class_names and probabilities do not agree in size")
+        if self.unfamiliar is None:
+            object.__setattr__(self, "unfamiliar", np.zeros(n_cells, dtype=bool))
+            object.__setattr__(self, "familiarity_known", False)
+        elif len(self.unfamiliar) != n_cells:
+            raise ValueError("labels and unfamiliar do not agree in size")
+        else:
+            object.__setattr__(self, "unfamiliar", np.asarray(self.unfamiliar, dtype=bool))
 
     @property
     def predicted(self) -> np.ndarray:
@@ -186,6 +200,7 @@ class Head:
             raise DinolocError(f"A setting of the {self.kind} head has the wrong type ({exc}); defaults: {self.defaults}.") from exc
         self.class_names: tuple[str, ...] = tuple(str(c) for c in class_names) if class_names is not None else ()
         self.input_dim: Optional[int] = None  # embedding dimensions it was trained on
+        self.familiarity: Optional[Familiarity] = None  # where its training cells lie: flags unfamiliar cells
         self._requested_names = class_names is not None
 
     # -- training ------------------------------------------------------------------------------
@@ -201,8 +216,10 @@ class Head:
         which cross-validation and low-shot curves need)."""
         check_cancel(cancel)
         self.class_names, self.input_dim = tuple(class_names), None  # untrained until _train finishes
+        self.familiarity = None
         with one_torch_thread(self.trains_with_torch):
             self._train(np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64), progress, cancel)
+        self.familiarity = fit_familiarity(x, seed=int(self.params.get("seed", 0)))
         self.input_dim = int(x.shape[1])
         return self
 
@@ -221,7 +238,9 @@ class Head:
         labels = np.arange(1, len(x) + 1) if labels is None else np.asarray(labels)
         if len(labels) != len(x):
             raise DinolocError(f"{len(x)} cell embeddings but {len(labels)} cell labels: give one label per embedded cell.")
-        return Predictions(labels=labels, class_names=self.class_names, probabilities=self.predict_proba(x))
+        unfamiliar = self.familiarity.unfamiliar(x) if self.familiarity is not None else None
+        return Predictions(labels=labels, class_names=self.class_names, probabilities=self.predict_proba(x),
+                           unfamiliar=unfamiliar)
 
     def _check_inputs(self, vectors) -> np.ndarray:
         if self.input_dim is None:
@@ -240,7 +259,11 @@ class Head:
         if self.input_dim is None:
             raise DinolocError(f"The {self.kind} head has not been trained yet: train it before saving.")
         config = {"kind": self.kind, "class_names": list(self.class_names), "params": _jsonable(self.params), "input_dim": self.input_dim}
-        return {k: np.ascontiguousarray(v) for k, v in self._tensors().items()}, config
+        tensors = dict(self._tensors())
+        if self.familiarity is not None:
+            config[FAMILIARITY_CONFIG] = self.familiarity.config()
+            tensors[FAMILIARITY_TENSOR] = self.familiarity.reference
+        return {k: np.ascontiguousarray(v) for k, v in tensors.items()}, config
 
     @classmethod
     def from_state(cls, tensors: Mapping[str, np.ndarray], config: Mapping) -> "Head":
@@ -251,6 +274,7 @@ class Head:
             raise DinolocError(f"The saved {cls.kind} head lacks the tensor(s) {missing}: the model file is damaged; train and save the model again.")
         head._check_shapes({k: tuple(np.shape(tensors[k])) for k in head._tensor_names()})
         head._load_tensors({k: np.asarray(tensors[k]) for k in head._tensor_names()})
+        head.familiarity = Familiarity.restore(tensors, config, head.input_dim)  # None: saved before it existed
         return head
 
     def _check_shapes(self, shapes: Mapping[str, tuple]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,6 +29,15 @@ class PredictionModel:
 class PredictionResult:
     path: Path
     cells: int
+    unfamiliar: int = 0          # cells far from every training cell (docs/csv.md, column unfamiliar)
+    familiarity_known: bool = True  # False: the model predates the flag, so no cell was flagged
+    warnings: list = field(default_factory=list)  # images where most cells are unfamiliar
+
+    def summary(self) -> str:
+        line = f"{self.path}: {self.cells} cells"
+        if not self.familiarity_known:
+            return line + " (unfamiliar cells not flagged: the model was saved before napari-dinoloc flagged them)"
+        return line + f", {self.unfamiliar} of {self.cells} cells unfamiliar"
 
 
 def bundle_setup(bundle, base_settings, weights=None, device: str = "auto"):
@@ -90,21 +99,30 @@ def predict_with_model(jobs: Sequence, model: PredictionModel, out, cache=None,
     ``keep_embeddings``: a list that gets (image name, Embeddings) of each image (for --zarr / --h5ad)."""
     from ..bundle import check_bundle_fits
     from ..files import check_writable
+    from ..heads import unfamiliar_warning
     from ..table import CsvTableWriter
     from .training import embedded_sessions
 
     check_writable(out)
-    count = 0
+    result = PredictionResult(Path(out), 0)
     with CsvTableWriter(out, model.head.class_names) as writer:
         for session in embedded_sessions(jobs, model.options, model.backbone, cache, progress, cancel, skips=skips):
             if model.bundle is not None:
                 check_bundle_fits(model.bundle, session.image.stains)
             session.set_head(model.head)
             writer.write_rows(session.rows())
-            count += len(session.table)
+            result.cells += len(session.table)
             if keep_embeddings is not None:
                 keep_embeddings.append((session.image.name, session.embeddings))
-    return PredictionResult(Path(out), count)
+            _count_unfamiliar(result, session.predictions, unfamiliar_warning(session.predictions, session.image.name))
+    return result
+
+
+def _count_unfamiliar(result: PredictionResult, predictions, warning: Optional[str]) -> None:
+    result.unfamiliar += int(predictions.unfamiliar.sum())
+    result.familiarity_known = result.familiarity_known and predictions.familiarity_known
+    if warning:
+        result.warnings.append(warning)
 
 
 # ---- one image in a session (the widgets) ---------------------------------------------------------------
