@@ -191,6 +191,7 @@ def cmd_predict(args) -> int:
                              backbone=given_backbone(args), skips=skipped)
     result = predict_with_model(plan.jobs, model, args.out, cache=cache(args), progress=TextProgress(), skips=skipped)
     print(f"{result.path}: {result.cells} cells")
+    print(f"{result.summary_path}: {len(result.images)} images (class counts and fractions per image)")
     return report_skips(skipped)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,6 +29,8 @@ class PredictionModel:
 class PredictionResult:
     path: Path
     cells: int
+    summary_path: Optional[Path] = None        # the per-image summary CSV beside the per-cell one
+    images: list = field(default_factory=list)  # its rows: cells, count and fraction per class, per image
 
 
 def bundle_setup(bundle, base_settings, weights=None, device: str = "auto"):
@@ -85,23 +87,44 @@ def prediction_model(jobs: Sequence, options, *, model_path=None, annotations_pa
 def predict_with_model(jobs: Sequence, model: PredictionModel, out, cache=None,
                        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                        skips=None) -> PredictionResult:
-    """Predict every cell of every image; one CSV row per cell, one image in memory at a time.
+    """Predict every cell of every image; one CSV row per cell, one image in memory at a time, and
+    the per-image summary (class counts and fractions) beside it (``core.image_summary``).
     With ``skips`` (a ``core.batch.Skips``) an image that cannot be used is noted and left out."""
     from ..bundle import check_bundle_fits
     from ..files import check_writable
+    from ..image_summary import ImageSummary, summary_path_for
     from ..table import CsvTableWriter
     from .training import embedded_sessions
 
+    summary_path = summary_path_for(out)
     check_writable(out)
-    count = 0
+    check_writable(summary_path)
+    count, summary = 0, ImageSummary(model.head.class_names)
     with CsvTableWriter(out, model.head.class_names) as writer:
         for session in embedded_sessions(jobs, model.options, model.backbone, cache, progress, cancel, skips=skips):
             if model.bundle is not None:
                 check_bundle_fits(model.bundle, session.image.stains)
             session.set_head(model.head)
-            writer.write_rows(session.rows())
+            rows = session.rows()
+            writer.write_rows(rows)
+            summary.add_rows(rows)
             count += len(session.table)
-    return PredictionResult(Path(out), count)
+    summary.write(summary_path)
+    return PredictionResult(Path(out), count, summary_path, summary.rows())
+
+
+def session_prediction_model(session, class_counts: dict, options) -> PredictionModel:
+    """The session's classifier and backbone, embedding other images as the session's cells were
+    (the dock's Predict a folder: the same batch as ``dinoloc predict``)."""
+    from dataclasses import replace
+
+    from ..embedding import EmbedSettings
+
+    if session.head is None or session.predictions is None:
+        raise DinolocError("There is no classifier yet: annotate cells and press Train and predict (or Predict) first.")
+    settings = EmbedSettings.from_signature(session.embeddings.signature)
+    return PredictionModel(session.head, session.backbone, replace(options, embed=settings),
+                           bundle_from_session(session, class_counts))
 
 
 # ---- one image in a session (the widgets) ---------------------------------------------------------------
