@@ -86,6 +86,26 @@ def test_predict_with_knn_on_annotations_streams_several_images(samples, tmp_pat
     assert {r["image"] for r in rows} == {"field_000", "field_001"}
 
 
+def test_predict_a_folder_writes_the_per_image_summary_beside_the_cells(samples, model, tmp_path):
+    from napari_dinoloc.core.image_summary import summary_columns
+
+    out = tmp_path / "cells.csv"
+    assert main(["predict", str(samples), "--model", str(model), "--out", str(out), *TINY]) == 0  # a folder
+    cells = read_table(out)
+    images = sorted({r["image"] for r in cells})
+    assert images == sorted(p.stem for p in samples.glob("field_*.tif") if not p.stem.endswith("_labels"))
+    summary = read_table(tmp_path / "cells_per_image.csv")
+    class_names = [c[len("prob_"):] for c in cells[0] if c.startswith("prob_")]
+    assert list(summary[0]) == summary_columns(class_names)
+    assert sorted(r["image"] for r in summary) == images
+    for row in summary:
+        mine = [r for r in cells if r["image"] == row["image"]]
+        assert int(row["cells"]) == len(mine)
+        for name in class_names:
+            assert int(row[f"n_{name}"]) == sum(r["predicted_class"] == name for r in mine)
+        assert sum(float(row[f"fraction_{name}"]) for name in class_names) == pytest.approx(1, abs=1e-5)
+
+
 def test_segment_writes_label_images(samples, tmp_path):
     code = main(["segment", str(samples / "field_000.tif"), "--channels", "nucleus=0,protein=1", "--out-dir", str(tmp_path),
                  "--keep-border-cells"])  # compared with every ground-truth cell

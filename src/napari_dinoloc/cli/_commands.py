@@ -213,6 +213,7 @@ def cmd_predict(args) -> int:
     result = predict_with_model(plan.jobs, model, args.out, cache=cache(args), progress=TextProgress(), skips=skipped,
                                 keep_embeddings=kept)
     print(result.summary())
+    print(f"{result.summary_path}: {len(result.images)} images (class counts and fractions per image)")
     for warning in result.warnings:
         say(f"dinoloc: warning: {warning}")
     if extra.asked:

@@ -57,7 +57,7 @@ def image_options() -> argparse.ArgumentParser:
     from ..core.stains import ER, MICROTUBULES, OTHER
 
     parser = Parser(add_help=False, formatter_class=FORMATTER)
-    parser.add_argument("images", nargs="+", type=Path, help="image files (TIFF, OME-TIFF, PNG, JPEG; HPA <id>_<colour>.png files are grouped per id, "
+    parser.add_argument("images", nargs="+", type=Path, help="image files or folders of them (TIFF, OME-TIFF, PNG, JPEG; <name>_labels files in a folder are skipped; HPA <id>_<colour>.png files are grouped per id, "
                         "Cell Painting <site>-chN... files per site)")
     parser.add_argument("--channels", help="stain of each channel, e.g. protein=1,nucleus=0 (stains: protein, nucleus, microtubules, er, "
                         "Cell Painting dna, rna, agp, mito; other)")

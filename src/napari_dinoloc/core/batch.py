@@ -127,10 +127,24 @@ def image_jobs(paths: Sequence[str | Path], labels: Sequence[str | Path] = ()) -
     return [ImageJob(source, label) for source, label in zip(sources, label_paths)]
 
 
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+LABEL_SUFFIXES = ("_labels", "_label", "_mask", "_masks")  # label images beside their image are not images
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files of a folder, sorted; label images (``<name>_labels.tif``) are left out."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.stem.lower().endswith(LABEL_SUFFIXES) and not p.name.startswith("."))
+    if not found:
+        raise DinolocError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) in the folder {folder}: choose the folder of the images.")
+    return found
+
+
 def _group_sources(paths: list[Path], find_hpa_groups) -> list:
     for path in paths:
         if not path.exists():
             raise DinolocError(f"Image not found: {path}. Check the path.")
+    paths = [image for path in paths for image in (folder_images(path) if path.is_dir() else [path])]
     groups = find_hpa_groups(paths)
     grouped = {p for group in groups for p in group}
     sources: list = [list(g) for g in groups]

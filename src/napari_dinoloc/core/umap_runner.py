@@ -215,7 +215,8 @@ class _WorkerProcess:
         )
         self.messages: "queue.Queue[tuple]" = queue.Queue()
         self.warm = False
-        threading.Thread(target=self._read_answers, name="dinoloc-umap-reader", daemon=True).start()
+        self.reader = threading.Thread(target=self._read_answers, name="dinoloc-umap-reader", daemon=True)
+        self.reader.start()
 
     def _read_answers(self) -> None:
         try:
@@ -234,10 +235,12 @@ class _WorkerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def kill(self) -> None:
+    def kill(self, join_seconds: float = 5.0) -> None:
         if self.alive():
             self.process.kill()
             self.process.wait()
+        if self.reader is not threading.current_thread():
+            self.reader.join(join_seconds)  # the killed child's pipe ends: the reader sees EOF
         for stream in (self.process.stdin, self.process.stdout):
             try:
                 stream.close()
@@ -259,6 +262,8 @@ class UmapRunner:
         self._job_lock = threading.Lock()
         self._next_job_id = 0
         self._closed = False
+        self._worker_lock = threading.Lock()  # starting a worker and shutting down never interleave
+        self._threads: list[threading.Thread] = []  # warm-ups and submitted jobs: shutdown joins them
         _RUNNERS.add(self)
 
     @property
@@ -272,10 +277,19 @@ class UmapRunner:
 
     def warm_up(self) -> Future:
         """Start the worker and compile UMAP in it, in the background (returns at once)."""
-        return _in_daemon_thread(self._run_job, ("warmup",), None, None)
+        return self._in_thread(self._run_job, ("warmup",), None, None)
 
     def submit(self, vectors, progress=None, cancel=None, **params) -> Future:
-        return _in_daemon_thread(self.compute, vectors, progress=progress, cancel=cancel, **params)
+        return self._in_thread(self.compute, vectors, progress=progress, cancel=cancel, **params)
+
+    def _in_thread(self, function, *args, **kwargs) -> Future:
+        if self._closed:
+            future: Future = Future()
+            future.set_exception(Cancelled("UMAP was shut down (the viewer closed)."))
+            return future
+        future, thread = _in_daemon_thread(function, *args, **kwargs)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        return future
 
     def compute(
         self,
@@ -293,9 +307,14 @@ class UmapRunner:
         params = {"seed": int(seed), "n_neighbors": int(n_neighbors), "min_dist": float(min_dist)}
         return self._run_job(("umap", vectors, params), progress, cancel)
 
-    def shutdown(self) -> None:
-        self._closed = True
-        self.stop_worker()
+    def shutdown(self, join_seconds: float = 10.0) -> None:
+        """Kill the worker process and wait for this runner's threads: nothing is left behind."""
+        with self._worker_lock:
+            self._closed = True
+            self.stop_worker()
+        for thread in list(self._threads):
+            if thread is not threading.current_thread():
+                thread.join(join_seconds)  # each sees the closed runner within _POLL_SECONDS
 
     # -- internals
     def _run_job(self, request: tuple, progress, cancel) -> np.ndarray:
@@ -320,11 +339,14 @@ class UmapRunner:
             raise Cancelled("UMAP was shut down (the viewer closed).")
 
     def _ensure_worker(self) -> _WorkerProcess:
-        if self._worker is None or not self._worker.alive():
-            if self._worker is not None:
-                self._worker.kill()
-            self._worker = _WorkerProcess()
-        return self._worker
+        with self._worker_lock:
+            if self._closed:  # shut down meanwhile: start no new process
+                raise Cancelled("UMAP was shut down (the viewer closed).")
+            if self._worker is None or not self._worker.alive():
+                if self._worker is not None:
+                    self._worker.kill()
+                self._worker = _WorkerProcess()
+            return self._worker
 
     def _new_job_id(self) -> int:
         self._next_job_id += 1
@@ -368,7 +390,7 @@ class UmapRunner:
             worker.kill()  # it holds no state worth a graceful exit
 
 
-def _in_daemon_thread(function, *args, **kwargs) -> Future:
+def _in_daemon_thread(function, *args, **kwargs) -> tuple[Future, threading.Thread]:
     """Like an executor's submit, but a daemon thread, so a running job never delays exit."""
     future: Future = Future()
 
@@ -380,8 +402,9 @@ def _in_daemon_thread(function, *args, **kwargs) -> Future:
         except BaseException as error:  # noqa: BLE001 - handed to whoever waits on the future
             future.set_exception(error)
 
-    threading.Thread(target=run, name="dinoloc-umap-job", daemon=True).start()
-    return future
+    thread = threading.Thread(target=run, name="dinoloc-umap-job", daemon=True)
+    thread.start()
+    return future, thread
 
 
 _RUNNERS: "weakref.WeakSet[UmapRunner]" = weakref.WeakSet()

@@ -9,13 +9,14 @@ and delivers the result or the error on the main thread. Errors the user can act
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from qtpy.QtCore import QObject, Qt, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ..core.errors import Cancelled, DinolocError
 from ..core.progress import CancelToken
@@ -37,6 +38,8 @@ def _keep_triton_out() -> None:
 _keep_triton_out()
 
 Work = Callable[[Callable[[int, int, str], None], CancelToken], Any]
+JOIN_SECONDS = 60.0  # closing waits this long for a cancelled job's current batch (or torch's import)
+STATUS_CHARS = 300  # the status line shows this much of a failure; its tooltip shows all of it
 
 
 def path_row(field, on_browse: Callable[[], None], tooltip: str = ""):
@@ -75,14 +78,20 @@ def report_error(title: str, error: BaseException) -> None:
     """Tell the user what went wrong; unexpected errors also go to the log with their traceback."""
     if isinstance(error, Cancelled):
         notify_info(f"{title}: cancelled, nothing was changed.")
-    elif isinstance(error, DinolocError):
-        notify_error(str(error))
-    elif isinstance(error, MemoryError) or "out of memory" in str(error).lower():  # torch's OOM is a RuntimeError
-        notify_error(f"{title}: out of memory. Lower the batch size or the input size, or use the CPU.")
     else:
-        log.error("%s failed", title, exc_info=(type(error), error, error.__traceback__))
-        notify_error(f"{title} failed unexpectedly ({type(error).__name__}: {error}). "
-                     "Nothing was changed; please report this with the log.")
+        if not isinstance(error, (DinolocError, MemoryError)):
+            log.error("%s failed", title, exc_info=(type(error), error, error.__traceback__))
+        notify_error(f"{title} failed: {failure_reason(error)}")
+
+
+def failure_reason(error: BaseException) -> str:
+    """What went wrong, in the words the status line and the notification both use."""
+    if isinstance(error, DinolocError):
+        return str(error)
+    if isinstance(error, MemoryError) or "out of memory" in str(error).lower():  # torch's OOM is a RuntimeError
+        return "out of memory. Lower the batch size or the input size, or use the CPU."
+    return (f"unexpected error ({type(error).__name__}: {error}). "
+            "Nothing was changed; please report this with the log.")
 
 
 class JobBar(QWidget):
@@ -94,8 +103,10 @@ class JobBar(QWidget):
         super().__init__(parent)
         self.status = QLabel("Ready")
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        # long progress texts must not widen the dock for good: let the label be cut instead
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # Long texts ("Fine-tuning: epoch 12 / 40, ...") wrap on a row of their own instead of being cut,
+        # and must not widen the dock for good: the width is the dock's, the height follows the text.
+        self.status.setWordWrap(True)
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         self.bar = QProgressBar()
         self.bar.setMaximumHeight(16)
         self.bar.setTextVisible(True)
@@ -104,14 +115,23 @@ class JobBar(QWidget):
         self.cancel_button.setToolTip("Stop the running job after the current batch; nothing is changed.")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_requested)
-        layout = QHBoxLayout(self)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
-        layout.addWidget(self.status, 1)
-        layout.addWidget(self.bar, 2)
-        layout.addWidget(self.cancel_button)
+        layout.setSpacing(2)
+        layout.addWidget(self.status)
+        layout.addLayout(row)
+
+    def set_text(self, text: str) -> None:
+        """The status line; the tooltip keeps the whole text when it is shortened."""
+        self.status.setText(text if len(text) <= STATUS_CHARS else text[:STATUS_CHARS - 1] + "…")
+        self.status.setToolTip(text)
 
     def start(self, title: str) -> None:
-        self.status.setText(f"{title}…")
+        self.set_text(f"{title}…")
         self.bar.setRange(0, 0)  # busy until the first progress report
         self.bar.show()
         self.cancel_button.setEnabled(True)
@@ -122,12 +142,12 @@ class JobBar(QWidget):
             self.bar.setValue(min(done, total))
             self.bar.setFormat("%v / %m")
         if what:
-            self.status.setText(what)
+            self.set_text(what)
 
     def stop(self, message: str) -> None:
         self.bar.hide()
         self.cancel_button.setEnabled(False)
-        self.status.setText(message)
+        self.set_text(message)
 
 
 class _ProgressRelay(QObject):
@@ -142,6 +162,49 @@ class _Job:
     started: float = field(default_factory=time.perf_counter)
     worker: Any = None
     task_id: Any = None
+    error: Optional[BaseException] = None  # why it failed, for the status line
+
+
+_WORKER_CLASS = None
+
+
+def _joinable_worker_class():
+    """napari's FunctionWorker that can be waited for, and that never lets a deleted dock end the
+    process: emitting on signals whose dock is gone raises RuntimeError in the worker thread, which,
+    left to escape ``run()`` into Qt, aborts the whole program (seen when closing at once)."""
+    global _WORKER_CLASS
+    if _WORKER_CLASS is None:
+        from napari.qt.threading import FunctionWorker
+
+        class JoinableWorker(FunctionWorker):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.ended = threading.Event()
+
+            def run(self) -> None:
+                try:
+                    super().run()
+                except RuntimeError:  # its signals were deleted with the dock: nobody is listening
+                    pass
+                finally:
+                    self.ended.set()
+
+        _WORKER_CLASS = JoinableWorker
+    return _WORKER_CLASS
+
+
+def join_workers(workers, seconds: float = JOIN_SECONDS) -> bool:
+    """Wait until ``workers`` have ended (all within ``seconds``); False when one still runs."""
+    from qtpy.QtCore import QThreadPool
+
+    deadline = time.monotonic() + seconds
+    for worker in list(workers):
+        if not worker.ended.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("A background job did not stop within %.0f s of closing.", seconds)
+            return False
+    # the pool thread returns to Qt after ``ended``; let it go idle so nothing is left running
+    QThreadPool.globalInstance().waitForDone(max(0, int((deadline - time.monotonic()) * 1000)) if workers else 0)
+    return True
 
 
 class JobRunner:
@@ -154,6 +217,7 @@ class JobRunner:
         self._relay.progressed.connect(bar.show_progress)
         bar.cancel_requested.connect(self.cancel)
         self._job: Optional[_Job] = None
+        self._workers: set = set()  # every started worker not yet ended: closing joins them
         self.closed = False  # the viewer is closing: results are dropped, widgets are not touched
 
     @property
@@ -165,23 +229,38 @@ class JobRunner:
         """Start ``work(progress, cancel)``; ``on_done(result)`` runs on the main thread."""
         if self.closed or not self.ensure_idle():
             return False
-        from napari.qt.threading import create_worker
-
         job = self._job = _Job(title, CancelToken())
         progress = self._relay.progressed.emit
-        job.worker = create_worker(
-            work, progress, job.token,
-            _start_thread=False,
-            _connect={
-                "returned": lambda result: self._deliver(job, on_done, result),
-                "errored": lambda error: self._fail(job, on_error, error),
-                "finished": lambda: self._finish(job),
-            },
-        )
+        job.worker = self._worker(work, (progress, job.token), {
+            "returned": lambda result: self._deliver(job, on_done, result),
+            "errored": lambda error: self._fail(job, on_error, error),
+            "finished": lambda: self._finish(job),
+        })
         job.task_id = self._register_task(job)
         self._bar.start(title)
         job.worker.start()
         return True
+
+    def run_in_background(self, function: Callable, *args, on_done: Callable[[Any], None]) -> bool:
+        """``function(*args)`` off the main thread, beside the job and without the bar (looking up the
+        device); ``on_done(result)`` on the main thread unless the dock closed. Closing waits for it."""
+        if self.closed:
+            return False
+
+        def deliver(result) -> None:
+            if not self.closed:
+                on_done(result)
+
+        self._worker(function, args, {"returned": deliver}).start()
+        return True
+
+    def _worker(self, function: Callable, args: tuple, connect: dict):
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(function, *args, _start_thread=False, _connect=connect,
+                               _worker_class=_joinable_worker_class())
+        self._workers = {w for w in self._workers if not w.ended.is_set()} | {worker}
+        return worker
 
     def ensure_idle(self) -> bool:
         """True when no job runs; otherwise tell the user and return False."""
@@ -195,11 +274,15 @@ class JobRunner:
             self._job.token.cancel()
             self._bar.status.setText(f"Cancelling {self._job.title.lower()}…")
 
-    def close(self) -> None:
-        """The viewer is closing: stop the job at its next check and drop its result."""
+    def close(self, *_destroyed, wait_seconds: float = JOIN_SECONDS) -> bool:
+        """The dock or the viewer is closing: stop the job at its next check, drop its result, and wait
+        for every worker of this dock to end, so no thread outlives the window (nor aborts the exit)."""
         self.closed = True
         if self._job is not None:
             self._job.token.cancel()
+        for worker in self._workers:
+            worker.quit()
+        return join_workers(self._workers, wait_seconds)
 
     # ---- main-thread callbacks ----------------------------------------------------------------
     def _deliver(self, job: _Job, on_done, result) -> None:
@@ -211,9 +294,11 @@ class JobRunner:
         try:
             on_done(result)
         except Exception as error:  # applying a result must never leave the dock stuck
+            job.error = error
             report_error(job.title, error)
 
     def _fail(self, job: _Job, on_error, error: BaseException) -> None:
+        job.error = error
         if self.closed:
             return
         report_error(job.title, error)
@@ -227,7 +312,12 @@ class JobRunner:
         if self.closed:
             return
         seconds = time.perf_counter() - job.started
-        ended = "cancelled" if job.token.cancelled else f"done in {seconds:.1f} s"
+        if job.token.cancelled or isinstance(job.error, Cancelled):
+            ended = "cancelled"
+        elif job.error is not None:
+            ended = f"failed: {failure_reason(job.error)}"
+        else:
+            ended = f"done in {seconds:.1f} s"
         try:
             self._bar.stop(f"{job.title}: {ended}")
         except RuntimeError:  # the dock was closed while the job ran
@@ -250,7 +340,8 @@ class JobRunner:
             return
         from napari.utils.task_status import Status
 
-        update(job.task_id, Status.CANCELLED if job.token.cancelled else Status.COMPLETED)
+        status = Status.CANCELLED if job.token.cancelled else Status.FAILED if job.error else Status.COMPLETED
+        update(job.task_id, status)
 
 
 def reports_errors(title: str):

@@ -26,7 +26,6 @@ class ModelPanel(QWidget):
     def __init__(self, state, runner, parent=None):
         super().__init__(parent)
         self.state, self.runner = state, runner
-        self._device_worker = None
         self._build()
         self._on_backbone_changed()
         self._describe_device()
@@ -114,8 +113,6 @@ class ModelPanel(QWidget):
 
     def _describe_device(self) -> None:
         """What 'auto' finds, looked up off the main thread (it imports torch)."""
-        from napari.qt.threading import create_worker
-
         from ..core.devices import describe_device
 
         name = self.device.currentText()
@@ -128,8 +125,7 @@ class ModelPanel(QWidget):
             except RuntimeError:  # the dock was closed meanwhile
                 pass
 
-        worker = create_worker(_safe_describe, describe_device, name, _connect={"returned": show})
-        self._device_worker = worker
+        self.runner.run_in_background(_safe_describe, describe_device, name, on_done=show)  # closing waits for it
 
     # ---- choices --------------------------------------------------------------------------------------
     def spec(self):

@@ -23,6 +23,7 @@ from ._prediction_layers import CONFIDENCE, prediction_values
 from ._workers import notify_info, notify_warning, path_row, reports_errors
 from .display_options import DisplayOptions
 from .annotate_panel import colour_icon
+from .image_summary import ImageSummaryBox
 
 BUNDLE = "bundle"
 HEAD_CHOICES = (
@@ -53,7 +54,14 @@ class Legend(QTableWidget):
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.setColumnWidth(0, 22)
         self.verticalHeader().setDefaultSectionSize(self.ROW_HEIGHT)
+        self.stale = False
         self.hide()
+
+    def set_stale(self, stale: bool, why: str = "") -> None:
+        """Greyed while the predictions no longer match the cells, embeddings or classifier."""
+        self.stale = stale
+        self.setEnabled(not stale)
+        self.setToolTip(why)
 
     def show_counts(self, names, colours, counts) -> None:
         self.setRowCount(len(names))
@@ -150,6 +158,8 @@ class PredictPanel(QWidget):
         self.state, self.runner = state, runner
         self._model_choice = model_choice  # the Model step's weights, device and settings
         self._head_counts: dict = {}       # training cells per class of the current head
+        self._basis: Optional[dict] = None  # what the shown predictions were made from (stale marking)
+        self._failure: Optional[str] = None  # why the last attempt to predict failed
         self._build()
         state.predictions_changed.connect(self.show_legend)
         state.annotations_changed.connect(self.show_legend)
@@ -158,6 +168,7 @@ class PredictPanel(QWidget):
         self.head = _head_combo()
         self.bundle_path = QLineEdit()
         self.bundle_path.setPlaceholderText("model file (.dinoloc)")
+        self.bundle_path.textChanged.connect(lambda _=None: self.show_legend())
         self.bundle_row = path_row(self.bundle_path, self._browse_bundle, "Choose a saved model")
         self.bundle_row.hide()
         self.predict_button = QPushButton("Train and predict")
@@ -167,14 +178,20 @@ class PredictPanel(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: gray;")
+        self.stale_note = QLabel("")
+        self.stale_note.setWordWrap(True)
+        self.stale_note.setStyleSheet("color: #e5a50a;")
+        self.stale_note.hide()
         self.exports = ExportBox(self.state, lambda: dict(self._head_counts))
+        self.image_summary = ImageSummaryBox(self.state, self.runner, lambda: dict(self._head_counts))
 
         form = QFormLayout()
         form.addRow("Classifier", self.head)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
-        for widget in (self.bundle_row, self.predict_button, self.legend, self.summary, self.display, self.exports):
+        for widget in (self.bundle_row, self.predict_button, self.stale_note, self.legend, self.summary, self.display,
+                       self.image_summary, self.exports):
             layout.addWidget(widget)
 
         self.head.currentIndexChanged.connect(lambda _=None: self._on_head_changed())
@@ -184,6 +201,7 @@ class PredictPanel(QWidget):
         is_bundle = self.head.currentData() == BUNDLE
         self.bundle_row.setVisible(is_bundle)
         self.predict_button.setText("Predict" if is_bundle else "Train and predict")
+        self.show_legend()
 
     def _browse_bundle(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Saved model", "", BUNDLE_FILES)
@@ -209,7 +227,9 @@ class PredictPanel(QWidget):
         def work(progress, cancel):
             return session.train_head(kind, annotations, progress=progress, cancel=cancel, class_names=class_names)
 
-        return self.runner.run("Training the classifier", work, lambda head: self._use_head(embeddings, head, counts))
+        basis = {"kind": kind, "annotations": annotations, "embeddings": embeddings}
+        return self.runner.run("Training the classifier", work, lambda head: self._use_head(embeddings, head, counts, basis),
+                               on_error=self._failed)
 
     def _predict_with_bundle(self) -> bool:
         session, path = self.state.session, self.bundle_path.text().strip()
@@ -222,20 +242,24 @@ class PredictPanel(QWidget):
             return predict_session_with_bundle(session, path, choice.get("weights"), choice.get("device", "auto"),
                                                choice.get("settings"), progress=progress, cancel=cancel)
 
-        return self.runner.run("Predicting with the saved model", work, lambda result: self._use_bundle(labels, *result))
+        basis = {"kind": BUNDLE, "path": path}
+        return self.runner.run("Predicting with the saved model", work,
+                               lambda result: self._use_bundle(labels, basis, *result), on_error=self._failed)
 
-    def _use_head(self, embeddings, head, counts: dict) -> None:
+    def _use_head(self, embeddings, head, counts: dict, basis: dict) -> None:
         if self.state.session.embeddings is not embeddings:
             notify_info("The embeddings changed while the classifier was trained: train it again.")
             return
         self._head_counts = counts
+        self._made_from(dict(basis, head=head))
         self.state.use_head(head)
         self._warn_if_unfamiliar()
 
-    def _use_bundle(self, labels, backbone, embeddings, bundle) -> None:
+    def _use_bundle(self, labels, basis: dict, backbone, embeddings, bundle) -> None:
         if self.state.session.labels is not labels:
             notify_info("The cells changed while the model was applied: predict again.")
             return
+        self._made_from(dict(basis, head=bundle.head))
         if embeddings is not None:
             self.state.use_embeddings(backbone, embeddings)
         self._head_counts = dict(bundle.class_counts)
@@ -248,9 +272,46 @@ class PredictPanel(QWidget):
         if warning:
             notify_warning(warning)
 
+    # ---- stale predictions -------------------------------------------------------------------------
+    def _made_from(self, basis: dict) -> None:
+        self._basis, self._failure = basis, None
+
+    def _failed(self, error: BaseException) -> None:
+        from ..core.errors import Cancelled
+        from ._workers import failure_reason
+
+        if not isinstance(error, Cancelled):  # a cancel changes nothing: the predictions still hold
+            self._failure = failure_reason(error)
+            self.show_legend()
+
+    def stale_reason(self) -> str:
+        """Why the predictions shown no longer match what the dock now says ("" when they do)."""
+        session, basis = self.state.session, self._basis
+        if session.predictions is None:
+            return ""
+        if self._failure:
+            return f"The last prediction failed ({self._failure.rstrip('.')}): these are the previous predictions."
+        if basis is None or session.head is not basis["head"]:
+            return ""  # made elsewhere (fine-tuning): nothing to compare with
+        kind = self.head.currentData()
+        if kind != basis["kind"] or (kind == BUNDLE and self.bundle_path.text().strip() != basis["path"]):
+            return f"Predictions are from the previous classifier: press {self.predict_button.text()} again."
+        if kind == BUNDLE:
+            return ""
+        if session.embeddings is not basis["embeddings"]:
+            return "Predictions are from a classifier trained on the previous embeddings: train and predict again."
+        store = self.state.annotations
+        if store is not None and dict(store.annotations) != basis["annotations"]:
+            return "Predictions are from the previous annotations: train and predict again."
+        return ""
+
     # ---- legend ----------------------------------------------------------------------------------------
     def show_legend(self) -> None:
         predictions = self.state.session.predictions
+        why = self.stale_reason()
+        self.legend.set_stale(bool(why), why)
+        self.stale_note.setText(why)
+        self.stale_note.setVisible(bool(why))
         if predictions is None:
             self.legend.show_counts([], [], [])
             self.summary.setText("")

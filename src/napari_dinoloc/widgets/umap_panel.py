@@ -335,6 +335,8 @@ def _shift_held(event) -> bool:
 
 
 def _close_quietly(jobs: JobRunner, runner: Optional[UmapRunner]) -> None:
-    jobs.close()
+    """The process first (a running layout then ends at once, and no warm-up starts again), then
+    wait for the dock's job; a shared runner (tests) is only asked to cancel through the job."""
     if runner is not None:
         runner.shutdown()
+    jobs.close()

@@ -20,7 +20,7 @@ from .finetuning import FinetuneRun, finetune_run, finetune_to_file, file_summar
 from .images import image_from_channels
 from .predicting import (
     PredictionModel, PredictionResult, bundle_from_session, embeddings_fit_bundle, predict_session_with_bundle,
-    predict_with_model, prediction_model,
+    predict_with_model, prediction_model, session_prediction_model,
 )
 from .preflight import Plan, preflight
 from .reports import (
@@ -33,6 +33,6 @@ __all__ = [
     "EvaluationPlan", "FinetuneRun", "Plan", "PredictionModel", "PredictionResult", "Report", "TrainedModel", "TrainingSet",
     "annotated_images", "build_report", "bundle_from_session", "compare_frozen_vs_finetuned", "embeddings_fit_bundle",
     "evaluate", "file_summary", "finetune_run", "finetune_to_file", "image_from_channels", "model_description",
-    "predict_session_with_bundle", "predict_with_model", "prediction_model", "preflight", "report_text", "run_summary",
+    "predict_session_with_bundle", "predict_with_model", "prediction_model", "preflight", "session_prediction_model", "report_text", "run_summary",
     "train_model", "training_set", "write_report",
 ]

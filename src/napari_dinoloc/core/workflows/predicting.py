@@ -32,6 +32,8 @@ class PredictionResult:
     unfamiliar: int = 0          # cells far from every training cell (docs/csv.md, column unfamiliar)
     familiarity_known: bool = True  # False: the model predates the flag, so no cell was flagged
     warnings: list = field(default_factory=list)  # images where most cells are unfamiliar
+    summary_path: Optional[Path] = None        # the per-image summary CSV beside the per-cell one
+    images: list = field(default_factory=list)  # its rows: cells, count and fraction per class, per image
 
     def summary(self) -> str:
         line = f"{self.path}: {self.cells} cells"
@@ -94,27 +96,35 @@ def prediction_model(jobs: Sequence, options, *, model_path=None, annotations_pa
 def predict_with_model(jobs: Sequence, model: PredictionModel, out, cache=None,
                        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                        skips=None, keep_embeddings: Optional[list] = None) -> PredictionResult:
-    """Predict every cell of every image; one CSV row per cell, one image in memory at a time.
+    """Predict every cell of every image; one CSV row per cell, one image in memory at a time, and
+    the per-image summary (class counts and fractions) beside it (``core.image_summary``).
     With ``skips`` (a ``core.batch.Skips``) an image that cannot be used is noted and left out.
     ``keep_embeddings``: a list that gets (image name, Embeddings) of each image (for --zarr / --h5ad)."""
     from ..bundle import check_bundle_fits
     from ..files import check_writable
     from ..heads import unfamiliar_warning
+    from ..image_summary import ImageSummary, summary_path_for
     from ..table import CsvTableWriter
     from .training import embedded_sessions
 
+    summary_path = summary_path_for(out)
     check_writable(out)
-    result = PredictionResult(Path(out), 0)
+    check_writable(summary_path)
+    result, summary = PredictionResult(Path(out), 0, summary_path=summary_path), ImageSummary(model.head.class_names)
     with CsvTableWriter(out, model.head.class_names) as writer:
         for session in embedded_sessions(jobs, model.options, model.backbone, cache, progress, cancel, skips=skips):
             if model.bundle is not None:
                 check_bundle_fits(model.bundle, session.image.stains)
             session.set_head(model.head)
-            writer.write_rows(session.rows())
+            rows = session.rows()
+            writer.write_rows(rows)
+            summary.add_rows(rows)
             result.cells += len(session.table)
             if keep_embeddings is not None:
                 keep_embeddings.append((session.image.name, session.embeddings))
             _count_unfamiliar(result, session.predictions, unfamiliar_warning(session.predictions, session.image.name))
+    summary.write(summary_path)
+    result.images = summary.rows()
     return result
 
 
@@ -123,6 +133,20 @@ def _count_unfamiliar(result: PredictionResult, predictions, warning: Optional[s
     result.familiarity_known = result.familiarity_known and predictions.familiarity_known
     if warning:
         result.warnings.append(warning)
+
+
+def session_prediction_model(session, class_counts: dict, options) -> PredictionModel:
+    """The session's classifier and backbone, embedding other images as the session's cells were
+    (the dock's Predict a folder: the same batch as ``dinoloc predict``)."""
+    from dataclasses import replace
+
+    from ..embedding import EmbedSettings
+
+    if session.head is None or session.predictions is None:
+        raise DinolocError("There is no classifier yet: annotate cells and press Train and predict (or Predict) first.")
+    settings = EmbedSettings.from_signature(session.embeddings.signature)
+    return PredictionModel(session.head, session.backbone, replace(options, embed=settings),
+                           bundle_from_session(session, class_counts))
 
 
 # ---- one image in a session (the widgets) ---------------------------------------------------------------
