@@ -1,0 +1,53 @@
+"""``dinoloc embed`` / ``predict`` as a screen: --workers / --scheduler (Dask), a CSV manifest or folders
+given as images; one shard per image in ``<out>.shards/``, resumed when the same command runs again."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..core.errors import DinolocError
+from ._output import TextProgress, note, report_skips, say
+
+
+def wanted(args) -> bool:
+    """A screen run: a cluster asked for, or inputs only a screen reads (a CSV manifest, a folder to walk)."""
+    from ..core.screen import is_screen_input
+
+    if getattr(args, "crops", False):
+        return False
+    asked = getattr(args, "workers", None) is not None or getattr(args, "scheduler", None)
+    return bool(asked) or any(is_screen_input(Path(p)) for p in args.images)
+
+
+def cmd_screen(args, command: str) -> int:
+    from ..core import screen
+    from ..core.workflows.preflight import preflight
+    from ._commands import cache, given_backbone, options
+
+    if getattr(args, "annotations", None):
+        raise DinolocError("A screen predicts with a saved model: train one first (dinoloc train ... --out "
+                           "model.dinoloc), then give --model instead of --annotations.")
+    if args.workers is not None and args.scheduler:
+        raise DinolocError("Give either --workers (a cluster on this machine) or --scheduler (an existing one), not both.")
+    inputs = screen.screen_inputs(args.images, args.labels, args.channels)
+    run_options = options(args)
+    if inputs.stains is not None:
+        run_options = replace(run_options, stains=inputs.stains)
+    model = getattr(args, "model", None)
+    plan = preflight([], run_options, outputs=[args.out], model=model, backbone=given_backbone(args))
+    if command == screen.PREDICT and model is None:
+        raise DinolocError("Nothing to predict with: give --model (a bundle from dinoloc train).")
+    class_names = plan.bundle.class_names if plan.bundle is not None else ()
+    store = cache(args)
+    spec = screen.task_spec(command, run_options, backbone=given_backbone(args) if model else args.backbone,
+                            model_path=model, weights=args.weights, device=args.device,
+                            cache_dir=store.root if store is not None else None)
+    result = screen.screen(inputs, spec, args.out, class_names=class_names, workers=args.workers,
+                           scheduler=args.scheduler, progress=TextProgress(), fail_fast=args.fail_fast)
+    summary = result.summary
+    for line in dict.fromkeys(summary.notes):
+        note(line)
+    say(f"dinoloc: {len(summary.computed)} image(s) computed, {len(summary.reused)} reused from {result.run.folder}")
+    print(f"{result.path}: {result.cells} cells")
+    return report_skips(screen.skips_of(summary))

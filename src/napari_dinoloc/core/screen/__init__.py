@@ -1,0 +1,22 @@
+"""Screens: many images on a Dask cluster (or one process), one shard per image, resumable, merged at the end.
+
+``_inputs``: the images (CSV manifest with metadata, folders walked, files); ``_run``: the run folder,
+its manifest and shards; ``_tasks``: one image on a worker (model loaded once per worker); ``_dask``:
+where tasks run; ``_runner``: computing the missing shards; ``_merge``: the merged CSV / .npz and
+``merge_run`` (everything in memory, for other output formats); ``_plan``: all of it from the choices.
+"""
+from ._dask import GPU, RETRIES, DaskExecutor, SerialExecutor, dask_client, executor_for
+from ._inputs import ScreenImage, ScreenInputs, image_key, is_screen_input, read_manifest, screen_inputs, walk_folder
+from ._merge import MergedRun, check_complete, merge_run, write_csv, write_npz
+from ._plan import ScreenResult, model_hash, run_settings, screen, skips_of, task_spec
+from ._run import ScreenRun, read_shard, run_folder_for, write_shard
+from ._runner import RunSummary, run_screen
+from ._tasks import EMBED, PREDICT, ShardResult, TaskSpec, loaded_model, run_image
+
+__all__ = [
+    "EMBED", "GPU", "PREDICT", "RETRIES", "DaskExecutor", "MergedRun", "RunSummary", "ScreenImage", "ScreenInputs",
+    "ScreenResult", "ScreenRun", "SerialExecutor", "ShardResult", "TaskSpec", "check_complete", "dask_client",
+    "executor_for", "image_key", "is_screen_input", "loaded_model", "merge_run", "model_hash", "read_manifest",
+    "read_shard", "run_folder_for", "run_image", "run_screen", "run_settings", "screen", "screen_inputs", "skips_of",
+    "task_spec", "walk_folder", "write_csv", "write_npz", "write_shard",
+]
