@@ -48,15 +48,22 @@ class ShardResult:
         return {"status": DONE, "image": self.image, "cells": self.cells, "width": self.width, "checksum": self.checksum}
 
 
-_MODELS: dict = {}  # model hash -> (backbone, head or None, options): one model per worker process
+_MODELS: dict = {}  # model hash -> (backbone, PredictionModel or None): one model per worker process
 
 
 def loaded_model(spec: TaskSpec):
-    """The model of ``spec``, loaded on the first task of this process and kept for the next ones."""
+    """(backbone, prediction model or None, run options) of ``spec``; the model is loaded on the first task
+    of this process and kept for the next ones (the options always come from the task's spec)."""
     if spec.model_hash not in _MODELS:
         _MODELS.clear()  # a new run's model replaces the last one
         _MODELS[spec.model_hash] = _load(spec)
-    return _MODELS[spec.model_hash]
+    backbone, model = _MODELS[spec.model_hash]
+    if model is None:
+        return backbone, None, spec.options
+    from ..bundle import embed_settings_for
+    from ..embedding import EmbedSettings
+
+    return backbone, model, replace(spec.options, embed=embed_settings_for(model.bundle, spec.options.embed or EmbedSettings()))
 
 
 def _load(spec: TaskSpec):
@@ -66,8 +73,8 @@ def _load(spec: TaskSpec):
         from ..workflows.predicting import model_from_bundle
 
         model = model_from_bundle(spec.model_path, spec.options, spec.weights, spec.device, spec.backbone)
-        return model.backbone, model, model.options
-    return load_features(spec.backbone, weights=spec.weights, device=spec.device), None, spec.options
+        return model.backbone, model
+    return load_features(spec.backbone, weights=spec.weights, device=spec.device), None
 
 
 def run_image(image, spec: TaskSpec, shard: str) -> ShardResult:
