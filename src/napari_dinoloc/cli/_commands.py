@@ -158,7 +158,7 @@ def cmd_embed(args) -> int:
     from . import _screen
 
     if _screen.wanted(args):
-        return _screen.cmd_screen(args, "embed")
+        return _screen.cmd_screen(args, "embed", options(args), given_backbone(args), cache(args))
     skipped = skips(args)
     plan = preflight(args, outputs=[args.out], skips=skipped)
     cells, images = write_embeddings(plan.jobs, options(args), load_backbone(args), args.out,
@@ -185,7 +185,7 @@ def cmd_predict(args) -> int:
     from . import _screen
 
     if _screen.wanted(args):
-        return _screen.cmd_screen(args, "predict")
+        return _screen.cmd_screen(args, "predict", options(args), given_backbone(args), cache(args))
     if args.model and args.annotations:
         raise DinolocError("Give either --model or --annotations, not both.")
     skipped = skips(args)

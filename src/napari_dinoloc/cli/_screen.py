@@ -20,10 +20,11 @@ def wanted(args) -> bool:
     return bool(asked) or any(is_screen_input(Path(p)) for p in args.images)
 
 
-def cmd_screen(args, command: str) -> int:
+def cmd_screen(args, command: str, run_options, given_backbone, store) -> int:
+    """``run_options``, ``given_backbone`` (a name the user gave, or None) and ``store`` (the embedding
+    cache or None) come from ``_commands``, as for every subcommand."""
     from ..core import screen
     from ..core.workflows.preflight import preflight
-    from ._commands import cache, given_backbone, options
 
     if getattr(args, "annotations", None):
         raise DinolocError("A screen predicts with a saved model: train one first (dinoloc train ... --out "
@@ -31,16 +32,14 @@ def cmd_screen(args, command: str) -> int:
     if args.workers is not None and args.scheduler:
         raise DinolocError("Give either --workers (a cluster on this machine) or --scheduler (an existing one), not both.")
     inputs = screen.screen_inputs(args.images, args.labels, args.channels)
-    run_options = options(args)
     if inputs.stains is not None:
         run_options = replace(run_options, stains=inputs.stains)
     model = getattr(args, "model", None)
-    plan = preflight([], run_options, outputs=[args.out], model=model, backbone=given_backbone(args))
+    plan = preflight([], run_options, outputs=[args.out], model=model, backbone=given_backbone)
     if command == screen.PREDICT and model is None:
         raise DinolocError("Nothing to predict with: give --model (a bundle from dinoloc train).")
     class_names = plan.bundle.class_names if plan.bundle is not None else ()
-    store = cache(args)
-    spec = screen.task_spec(command, run_options, backbone=given_backbone(args) if model else args.backbone,
+    spec = screen.task_spec(command, run_options, backbone=given_backbone if model else args.backbone,
                             model_path=model, weights=args.weights, device=args.device,
                             cache_dir=store.root if store is not None else None)
     result = screen.screen(inputs, spec, args.out, class_names=class_names, workers=args.workers,
