@@ -155,10 +155,10 @@ def cmd_segment(args) -> int:
 
 def cmd_embed(args) -> int:
     from ..core.workflows.cells import write_embeddings
-    from . import _screen
+    from ._screen import cmd_screen, wanted
 
-    if _screen.wanted(args):
-        return _screen.cmd_screen(args, "embed", options(args), given_backbone(args), cache(args))
+    if wanted(args):
+        return cmd_screen(args, "embed", options(args), given_backbone(args), cache(args))
     skipped = skips(args)
     plan = preflight(args, outputs=[args.out], skips=skipped)
     cells, images = write_embeddings(plan.jobs, options(args), load_backbone(args), args.out,
@@ -182,10 +182,10 @@ def cmd_train(args) -> int:
 
 def cmd_predict(args) -> int:
     from ..core.workflows.predicting import predict_with_model, prediction_model
-    from . import _screen
+    from ._screen import cmd_screen, wanted
 
-    if _screen.wanted(args):
-        return _screen.cmd_screen(args, "predict", options(args), given_backbone(args), cache(args))
+    if wanted(args):
+        return cmd_screen(args, "predict", options(args), given_backbone(args), cache(args))
     if args.model and args.annotations:
         raise DinolocError("Give either --model or --annotations, not both.")
     skipped = skips(args)
