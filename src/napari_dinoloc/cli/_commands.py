@@ -169,7 +169,10 @@ def extra_preflight(extra, outputs) -> dict:
 def cmd_embed(args) -> int:
     from ..core.workflows import cell_outputs
     from ..core.workflows.cells import write_embeddings
+    from ._screen import cmd_screen, wanted
 
+    if wanted(args):
+        return cmd_screen(args, "embed", options(args), given_backbone(args), cache(args), extra_outputs(args))
     skipped, extra = skips(args), extra_outputs(args)
     plan = preflight(args, **extra_preflight(extra, [args.out]), skips=skipped)
     backbone, kept = load_backbone(args), {} if extra.asked else None
@@ -199,7 +202,10 @@ def cmd_train(args) -> int:
 
 def cmd_predict(args) -> int:
     from ..core.workflows.predicting import predict_with_model, prediction_model
+    from ._screen import cmd_screen, wanted
 
+    if wanted(args):
+        return cmd_screen(args, "predict", options(args), given_backbone(args), cache(args), extra_outputs(args))
     if args.model and args.annotations:
         raise DinolocError("Give either --model or --annotations, not both.")
     skipped, extra = skips(args), extra_outputs(args)

@@ -31,6 +31,15 @@ def fail_fast_option(parser) -> None:
                         help="stop at the first image that cannot be used (default: skip it, list it at the end, exit 3)")
 
 
+def screen_options(parser) -> None:
+    """Many images: on a Dask cluster, one shard per image in <out>.shards/, resumed by running the same command."""
+    group = parser.add_argument_group("screens (docs/screens.md)")
+    group.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="run on a Dask cluster of N worker processes on this machine (default: one process, "
+                            "no Dask); images may then also be a CSV manifest or folders")
+    group.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster (tcp://host:8786)")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -242,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", type=Path, required=True, help=".npz file to write (its folder is created)")
     fail_fast_option(embed)
     extra_output_options(embed)
+    screen_options(embed)
 
     train = add("train", "train a head on labelled cells; save a model bundle", [images, model])
     train.add_argument("--annotations", type=Path, required=True, help="CSV with columns image, label, class")
@@ -256,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, required=True, help="CSV to write (its folder is created)")
     fail_fast_option(predict)
     extra_output_options(predict)
+    screen_options(predict)
 
     aggregate = add("aggregate", "per-well (or per-image) profiles: median embedding, class fractions, cell count")
     aggregate_options(aggregate)

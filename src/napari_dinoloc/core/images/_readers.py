@@ -71,7 +71,15 @@ def read_image(source: "str | Path | Sequence[str | Path]", channel_axis: int | 
 
 
 def read_single_file(path: Path, channel_axis: int | None = None) -> RawImage:
+    from ._lazy import is_ome_zarr, is_vendor_file, read_ome_zarr, read_vendor_file
+
+    if is_ome_zarr(path) and channel_axis is None:  # a folder, read lazily (level 0 only)
+        if not path.exists():
+            raise DinolocError(f"File not found: {path}. Check the path and the file name.")
+        return read_ome_zarr(path, image_name(path))
     check_file_exists(path)
+    if is_vendor_file(path):
+        return read_vendor_file(path, image_name(path))
     if path.suffix.lower() in TIFF_SUFFIXES:
         array, axes, rgb_kind, notes = read_tiff(path)
     else:
@@ -280,7 +288,7 @@ def unknown_layout(array: np.ndarray, name: str, axes: str | None) -> DinolocErr
 
 def image_name(path: Path) -> str:
     name = path.name
-    for suffix in (".ome.tiff", ".ome.tif"):
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem

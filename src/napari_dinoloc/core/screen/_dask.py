@@ -1,0 +1,93 @@
+"""Where the tasks run: in this process one after another, or on a dask.distributed cluster
+(a LocalCluster of worker processes on this machine, or an existing scheduler's workers).
+
+On a cluster every image is one task, retried twice if its worker dies; results are small (the
+embeddings stay in the shards the tasks write), so the client's memory does not grow with the images."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
+
+from ..errors import DinolocError
+from ._tasks import ShardResult, TaskSpec, run_image
+
+RETRIES = 2  # a task whose worker was killed runs again, twice at most
+GPU = "GPU"  # the worker resource a CUDA task asks for: start GPU workers with --resources GPU=1
+
+
+class SerialExecutor:
+    """Today's plain loop: every task in this process, in order."""
+
+    def results(self, tasks: Sequence, spec: TaskSpec) -> Iterator[ShardResult]:
+        for image, shard in tasks:
+            yield run_image(image, spec, shard)
+
+    def cancel(self) -> None:
+        pass
+
+
+class DaskExecutor:
+    """One task per image on a dask.distributed ``Client``, results as they complete."""
+
+    def __init__(self, client):
+        self.client = client
+        self._futures: list = []
+
+    def results(self, tasks: Sequence, spec: TaskSpec) -> Iterator[ShardResult]:
+        from distributed import as_completed
+
+        resources = {GPU: 1} if _wants_gpu(spec) else None
+        self._futures = [
+            self.client.submit(run_image, image, spec, shard, key=f"dinoloc-{image.key}-{spec.model_hash[:8]}",
+                               retries=RETRIES, resources=resources, pure=False)
+            for image, shard in tasks
+        ]
+        for future in as_completed(self._futures):
+            if future.status == "error":
+                raise future.exception()
+            result = future.result()
+            future.release()  # the result is recorded; nothing of the task need stay on the client
+            yield result
+
+    def cancel(self) -> None:
+        if self._futures:
+            self.client.cancel([f for f in self._futures if not f.done()])
+
+
+def _wants_gpu(spec: TaskSpec) -> bool:
+    return spec.device == "cuda"
+
+
+@contextmanager
+def executor_for(workers: Optional[int] = None, scheduler: Optional[str] = None) -> Iterator:
+    """``scheduler``: an existing cluster's address; ``workers``: a LocalCluster of that many processes
+    (one thread each); neither: the serial executor."""
+    if not scheduler and workers is None:
+        yield SerialExecutor()
+        return
+    with dask_client(workers, scheduler) as client:
+        yield DaskExecutor(client)
+
+
+@contextmanager
+def dask_client(workers: Optional[int] = None, scheduler: Optional[str] = None):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise DinolocError("--workers and --scheduler need dask.distributed: pip install 'napari-dinoloc[screen]'.") from None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise DinolocError(f"Cannot reach the Dask scheduler at {scheduler} ({exc}): start the cluster first, "
+                               "and give its address (tcp://host:8786).") from None
+        with client:
+            yield client
+        return
+    import logging
+
+    cluster = LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    with cluster, Client(cluster) as client:
+        yield client

@@ -1,0 +1,89 @@
+"""A screen from the user's choices to the merged files: the run's identity (settings, model hash), the
+run folder opened or resumed, the shards computed, then the CSV (predict) or .npz (embed) written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DinolocError
+from ..progress import CancelToken, ProgressCallback
+from ._dask import executor_for
+from ._merge import write_csv, write_npz
+from ._run import ScreenRun, run_folder_for
+from ._runner import RunSummary, run_screen
+from ._tasks import EMBED, PREDICT, TaskSpec
+
+#: Settings that change how fast, not what comes out: a resumed run may change them.
+NOT_IN_IDENTITY = ("batch_size", "notify")
+
+
+@dataclass
+class ScreenResult:
+    path: Path               # the merged file
+    cells: int
+    summary: RunSummary
+    run: ScreenRun
+
+
+def run_settings(options) -> dict:
+    """What shapes the results, JSON-able: the run manifest compares it with the earlier run's."""
+    def plain(value):
+        return {k: v for k, v in asdict(value).items() if k not in NOT_IN_IDENTITY} if is_dataclass(value) else value
+
+    return json.loads(json.dumps({k: plain(getattr(options, k)) for k in ("stains", "channel_axis", "segmentation",
+                                                                            "embed", "crop_mask")}, default=str))
+
+
+def model_hash(command: str, backbone: Optional[str], model_path=None, weights=None, device: str = "auto") -> str:
+    from ..files import hash_file
+
+    parts = {"command": command, "backbone": backbone or "", "device": device,
+             "model": hash_file(model_path) if model_path else "", "weights": hash_file(weights) if weights else ""}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def task_spec(command: str, options, *, backbone=None, model_path=None, weights=None, device="auto",
+              cache_dir=None) -> TaskSpec:
+    if command == EMBED and backbone and "+classic" in backbone:
+        raise DinolocError(f"{backbone} scales its classic features on the first image it sees, so each worker would "
+                           "scale differently: embed it without --workers/--scheduler, or use a model bundle (predict).")
+    return TaskSpec(command, replace(options, notify=None), model_hash(command, backbone, model_path, weights, device),
+                    backbone, str(model_path) if model_path else None, str(weights) if weights else None, device,
+                    str(cache_dir) if cache_dir else None)
+
+
+def screen(inputs, spec: TaskSpec, out, *, class_names=(), workers: Optional[int] = None,
+           scheduler: Optional[str] = None, progress: Optional[ProgressCallback] = None,
+           cancel: Optional[CancelToken] = None, fail_fast: bool = False, executor=None) -> ScreenResult:
+    """Compute (or resume) the run of ``inputs`` (a ScreenInputs) beside ``out``, then write ``out``:
+    the per-cell CSV for predict, the embeddings .npz for embed. ``executor`` overrides workers/scheduler."""
+    settings = {**run_settings(spec.options), "class_names": list(class_names)}
+    run = ScreenRun.open(run_folder_for(out), spec.command, settings, spec.model_hash,
+                         [image.describe() for image in inputs.images])
+    if executor is not None:
+        summary = run_screen(run, inputs.images, spec, executor, progress, cancel, fail_fast)
+    else:
+        with executor_for(workers, scheduler) as chosen:
+            summary = run_screen(run, inputs.images, spec, chosen, progress, cancel, fail_fast)
+    skipped = skips_of(summary)
+    if skipped and len(skipped) == len(run.keys):
+        raise skipped.nothing_left(len(run.keys))
+    if spec.command == PREDICT:
+        cells = write_csv(run, out, class_names)
+    else:
+        cells = write_npz(run, out)
+    return ScreenResult(Path(out), cells, summary, run)
+
+
+def skips_of(summary: RunSummary):
+    """The images the run went on without, as a ``core.batch.Skips`` (the command line lists them)."""
+    from ..batch import Skips
+
+    skipped = Skips()
+    for _, image, reason in summary.skipped:
+        skipped.add(image, reason)
+    return skipped
