@@ -94,6 +94,8 @@ def test_a_key_on_the_gallery_annotates_the_cell_in_the_store_and_the_layer(gall
     saved = json.loads(store.path.read_text())
     assert {"label": label, "class": name} in [{"label": c["label"], "class": c["class"]} for c in saved["cells"]]
     assert gallery.grid.thumbnails.frames[label] == store.colour_of(name)
+    row = gallery.grid.thumbnails.row_of(label)
+    assert f"annotated: {name}" in gallery.grid.thumbnails.tooltips[row]
     assert gallery.grid.selected_labels() == [gallery.shown_labels[3]]  # on to the next cell
     qtbot.keyClick(gallery.grid, "1")
     assert store.annotations[gallery.shown_labels[3]] == store.class_names[0]
@@ -133,6 +135,8 @@ def test_a_predicted_class_shows_its_cells_most_probable_first(gallery):
 
 
 def test_next_cells_fetches_the_most_uncertain_unannotated_ones(gallery, qtbot):
+    from napari_dinoloc.core.gallery import MARGIN
+
     state, predictions = gallery.state, gallery.state.session.predictions
     by_margin = np.asarray(predictions.labels)[np.argsort(predictions.margin, kind="stable")].tolist()
     for label in by_margin[:3]:  # the three least certain are annotated already
@@ -141,7 +145,8 @@ def test_next_cells_fetches_the_most_uncertain_unannotated_ones(gallery, qtbot):
     qtbot.waitUntil(lambda: gallery.loaded, timeout=10000)
     assert gallery.shown_labels == by_margin[3:8]
     assert fetched.labels.tolist() == by_margin[3:8]
-    assert gallery.show_combo.currentText() == "next cells to annotate"
+    assert gallery.show_combo.currentText() == "next to annotate"
+    assert gallery.sort_combo.currentData() == MARGIN
 
 
 def test_the_next_cells_button_fills_the_gallery(gallery, qtbot):

@@ -26,9 +26,10 @@ from ._workers import notify_info, report_error, reports_errors
 from .thumbnail_grid import ThumbnailGrid
 
 NEXT = "next:"  # the "Next cells to annotate" batch, shown in the Show list once fetched
+NEXT_TEXT = "next to annotate"
 PAGE = 200     # thumbnails per page
-SORT_CHOICES = (("score (most probable first)", SCORE), ("uncertainty: margin (smallest first)", MARGIN),
-                ("uncertainty: entropy (highest first)", ENTROPY), ("cell number", LABEL))
+SORT_CHOICES = (("score", SCORE), ("uncertainty (margin)", MARGIN), ("uncertainty (entropy)", ENTROPY),
+                ("cell number", LABEL))
 VIEW_CHOICES = (("protein", PROTEIN_VIEW), ("all stains (composite)", COMPOSITE_VIEW))
 SIZE_CHOICES = (("small", 64), ("medium", 96), ("large", 128))
 HINT = ("Click a cell: the viewer centres on it. Keys 1–9 give the selected cells a class (as in step 3), "
@@ -57,6 +58,18 @@ def caption(label: int, value: float, measure: str) -> str:
         return f"{label}"
     symbol = {SCORE: "p", MARGIN: "Δ", ENTROPY: "H"}[measure]
     return f"{label} · {symbol} {value:.2f}"
+
+
+def cell_tooltip(label: int, predictions=None, row: Optional[int] = None, annotated: Optional[str] = None) -> str:
+    """What the classifier and the user said about a cell, for the thumbnail's tooltip."""
+    lines = [f"cell {label}"]
+    if predictions is not None and row is not None:
+        probabilities = np.sort(predictions.probabilities[row])[::-1]
+        second = probabilities[1] if len(probabilities) > 1 else 0.0
+        lines.append(f"predicted: {predictions.predicted_names[row]} (p {probabilities[0]:.2f}, "
+                     f"margin Δ {probabilities[0] - second:.2f})")
+    lines.append(f"annotated: {annotated}" if annotated else "not annotated")
+    return "\n".join(lines)
 
 
 def page_count(n_cells: int) -> int:
@@ -88,7 +101,9 @@ class GalleryWidget(QWidget):
     def _build(self) -> None:
         self.show_combo = QComboBox()
         self.show_combo.setToolTip("Which cells: all, those predicted or annotated as a class, or those not annotated")
-        self.sort_combo = _combo(SORT_CHOICES, "Most probable first, or the cells the classifier is least sure about")
+        self.sort_combo = _combo(SORT_CHOICES, "score: most probable first (p). Uncertainty: the cells the classifier is "
+                                 "least sure about first: smallest gap between its two most likely classes (Δ), "
+                                 "or highest entropy of its probabilities (H).")
         self.view_combo = _combo(VIEW_CHOICES, "The protein alone (grey), or all stains in colour")
         self.size_combo = _combo(SIZE_CHOICES, "Thumbnail size")
         self.size_combo.setCurrentIndex(1)
@@ -150,7 +165,7 @@ class GalleryWidget(QWidget):
                                store.class_names if store is not None else ())
         current = self.show_combo.currentData()
         if current == NEXT:
-            choices.append(("next cells to annotate", NEXT))
+            choices.append((NEXT_TEXT, NEXT))
         if [self.show_combo.itemData(i) for i in range(self.show_combo.count())] == [data for _, data in choices]:
             return
         self.show_combo.blockSignals(True)
@@ -188,18 +203,22 @@ class GalleryWidget(QWidget):
         if len(self.cells) == 0:
             notify_info("Every cell is annotated.")
         self._choose_next_in_show_list()
+        if self.cells.measure == MARGIN:  # the batch is in margin order: say so in the Sort list
+            self._set_quietly(self.sort_combo, self.sort_combo.findData(MARGIN))
         self.page = 0
         self.show_page()
         return self.cells
 
     def _choose_next_in_show_list(self) -> None:
-        self.show_combo.blockSignals(True)
-        index = self.show_combo.findData(NEXT)
-        if index < 0:
-            self.show_combo.addItem("next cells to annotate", NEXT)
-            index = self.show_combo.count() - 1
-        self.show_combo.setCurrentIndex(index)
-        self.show_combo.blockSignals(False)
+        if self.show_combo.findData(NEXT) < 0:
+            self.show_combo.addItem(NEXT_TEXT, NEXT)
+        self._set_quietly(self.show_combo, self.show_combo.findData(NEXT))
+
+    @staticmethod
+    def _set_quietly(combo: QComboBox, index: int) -> None:
+        combo.blockSignals(True)
+        combo.setCurrentIndex(index)
+        combo.blockSignals(False)
 
     def go_to_page(self, page: int) -> None:
         page = min(max(page, 0), page_count(len(self.cells)) - 1)
@@ -222,10 +241,17 @@ class GalleryWidget(QWidget):
         start = self.page * PAGE
         labels = self.cells.labels[start:start + PAGE]
         values = self.cells.values[start:start + PAGE]
-        self.grid.thumbnails.set_cells(labels, [caption(int(l), v, self.cells.measure) for l, v in zip(labels, values)])
+        self.grid.thumbnails.set_cells(labels, [caption(int(l), v, self.cells.measure) for l, v in zip(labels, values)],
+                                       self._tooltips(labels))
         self._paint_frames()
         self._describe()
         self._start_thumbnails(labels)
+
+    def _tooltips(self, labels) -> list[str]:
+        predictions, store = self.state.session.predictions, self.state.annotations
+        rows = {int(label): row for row, label in enumerate(predictions.labels)} if predictions is not None else {}
+        annotations = store.annotations if store is not None else {}
+        return [cell_tooltip(int(label), predictions, rows.get(int(label)), annotations.get(int(label))) for label in labels]
 
     def _describe(self) -> None:
         n, pages = len(self.cells), page_count(len(self.cells))
@@ -340,6 +366,7 @@ class GalleryWidget(QWidget):
         # The grid keeps its cells (no jump under the user's keys); frames show the new classes.
         self.refresh_choices()
         self._paint_frames()
+        self.grid.thumbnails.tooltips = self._tooltips(self.shown_labels)
 
 
 def _combo(choices, tooltip: str) -> QComboBox:

@@ -37,6 +37,7 @@ class ThumbnailModel(QAbstractListModel):
         super().__init__(parent)
         self.labels: list[int] = []
         self.captions: list[str] = []
+        self.tooltips: list[str] = []
         self.pixmaps: dict[int, QPixmap] = {}
         self.frames: dict[int, str] = {}   # label -> colour of its annotated class
         self._rows: dict[int, int] = {}
@@ -55,13 +56,14 @@ class ThumbnailModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DecorationRole:
             return self.pixmaps.get(label)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return f"cell {label}: {self.captions[index.row()]}"
+            return self.tooltips[index.row()] if self.tooltips else f"cell {label}"
         return None
 
-    def set_cells(self, labels: Sequence[int], captions: Sequence[str]) -> None:
+    def set_cells(self, labels: Sequence[int], captions: Sequence[str], tooltips: Sequence[str] = ()) -> None:
         self.beginResetModel()
         self.labels = [int(label) for label in labels]
         self.captions = list(captions)
+        self.tooltips = list(tooltips)
         self.pixmaps = {}
         self._rows = {label: row for row, label in enumerate(self.labels)}
         self.endResetModel()
