@@ -99,7 +99,7 @@ class GalleryWidget(QWidget):
 
     # ---- building -----------------------------------------------------------------------------------
     def _build(self) -> None:
-        self.show_combo = QComboBox()
+        self.show_combo = _shrinking(QComboBox())
         self.show_combo.setToolTip("Which cells: all, those predicted or annotated as a class, or those not annotated")
         self.sort_combo = _combo(SORT_CHOICES, "score: most probable first (p). Uncertainty: the cells the classifier is "
                                  "least sure about first: smallest gap between its two most likely classes (Δ), "
@@ -127,7 +127,6 @@ class GalleryWidget(QWidget):
         view_row = QHBoxLayout()
         view_row.addWidget(self.view_combo, 1)
         view_row.addWidget(self.size_combo)
-        view_row.addWidget(self.next_button)
         page_row = QHBoxLayout()
         page_row.addWidget(self.status, 1)
         page_row.addWidget(self.previous_button)
@@ -136,10 +135,11 @@ class GalleryWidget(QWidget):
         column.setContentsMargins(4, 4, 4, 4)
         column.addLayout(show_row)
         column.addLayout(view_row)
+        column.addWidget(self.next_button)
         column.addWidget(self.grid, 1)
         column.addLayout(page_row)
         column.addWidget(hint)
-        self.setMinimumWidth(320)
+        self.setMinimumWidth(400)  # three medium thumbnails a row
 
     def _connect(self) -> None:
         self.show_combo.currentIndexChanged.connect(lambda _: self.refill())
@@ -370,8 +370,15 @@ class GalleryWidget(QWidget):
 
 
 def _combo(choices, tooltip: str) -> QComboBox:
-    combo = QComboBox()
+    combo = _shrinking(QComboBox())
     for text, data in choices:
         combo.addItem(text, data)
     combo.setToolTip(tooltip)
+    return combo
+
+
+def _shrinking(combo: QComboBox) -> QComboBox:
+    """A combo that may be narrower than its longest entry, so the buttons beside it are never cut."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(12)
     return combo
