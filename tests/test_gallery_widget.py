@@ -149,6 +149,17 @@ def test_next_cells_fetches_the_most_uncertain_unannotated_ones(gallery, qtbot):
     assert gallery.sort_combo.currentData() == MARGIN
 
 
+def test_a_new_sort_keeps_the_fetched_cells(gallery, qtbot):
+    from napari_dinoloc.core.gallery import SCORE
+
+    fetched = gallery.fetch_next_cells(count=6).labels.tolist()
+    gallery.sort_combo.setCurrentIndex(gallery.sort_combo.findData(SCORE))
+    predictions = gallery.state.session.predictions
+    confidence = dict(zip(predictions.labels.tolist(), predictions.confidence.tolist()))
+    assert gallery.shown_labels == sorted(fetched, key=lambda label: -confidence[label])
+    assert gallery.show_combo.currentText() == "next to annotate"
+
+
 def test_the_next_cells_button_fills_the_gallery(gallery, qtbot):
     from qtpy.QtCore import Qt
 

@@ -72,6 +72,11 @@ def cell_tooltip(label: int, predictions=None, row: Optional[int] = None, annota
     return "\n".join(lines)
 
 
+def cell_tooltips(labels, predictions, annotations) -> list[str]:
+    rows = {int(label): row for row, label in enumerate(predictions.labels)} if predictions is not None else {}
+    return [cell_tooltip(int(label), predictions, rows.get(int(label)), annotations.get(int(label))) for label in labels]
+
+
 def page_count(n_cells: int) -> int:
     return max(1, -(-n_cells // PAGE))
 
@@ -143,7 +148,7 @@ class GalleryWidget(QWidget):
 
     def _connect(self) -> None:
         self.show_combo.currentIndexChanged.connect(lambda _: self.refill())
-        self.sort_combo.currentIndexChanged.connect(lambda _: self.refill())
+        self.sort_combo.currentIndexChanged.connect(lambda _: self.resort())
         self.view_combo.currentIndexChanged.connect(lambda _: self.show_page())
         self.size_combo.currentIndexChanged.connect(lambda _: self._resize())
         self.next_button.clicked.connect(lambda _=False: self.fetch_next_cells())
@@ -192,6 +197,17 @@ class GalleryWidget(QWidget):
         self.page = 0
         self.show_page()
 
+    def resort(self) -> None:
+        """A new Sort choice: the fetched batch keeps its cells in the new order, any other choice is refilled."""
+        if self.show_combo.currentData() != NEXT or self.state.session.table is None:
+            self.refill()
+            return
+        store = self.state.annotations
+        self.cells = choose_cells(self.cells.labels, self.state.session.predictions,
+                                  store.annotations if store else None, ALL, None, self.sort_combo.currentData())
+        self.page = 0
+        self.show_page()
+
     @reports_errors("Fetching the next cells")
     def fetch_next_cells(self, count: int = BATCH) -> Optional[GalleryCells]:
         """Show the ``count`` most uncertain unannotated cells."""
@@ -204,7 +220,7 @@ class GalleryWidget(QWidget):
             notify_info("Every cell is annotated.")
         self._choose_next_in_show_list()
         if self.cells.measure == MARGIN:  # the batch is in margin order: say so in the Sort list
-            self._set_quietly(self.sort_combo, self.sort_combo.findData(MARGIN))
+            _set_quietly(self.sort_combo, self.sort_combo.findData(MARGIN))
         self.page = 0
         self.show_page()
         return self.cells
@@ -212,13 +228,7 @@ class GalleryWidget(QWidget):
     def _choose_next_in_show_list(self) -> None:
         if self.show_combo.findData(NEXT) < 0:
             self.show_combo.addItem(NEXT_TEXT, NEXT)
-        self._set_quietly(self.show_combo, self.show_combo.findData(NEXT))
-
-    @staticmethod
-    def _set_quietly(combo: QComboBox, index: int) -> None:
-        combo.blockSignals(True)
-        combo.setCurrentIndex(index)
-        combo.blockSignals(False)
+        _set_quietly(self.show_combo, self.show_combo.findData(NEXT))
 
     def go_to_page(self, page: int) -> None:
         page = min(max(page, 0), page_count(len(self.cells)) - 1)
@@ -241,17 +251,15 @@ class GalleryWidget(QWidget):
         start = self.page * PAGE
         labels = self.cells.labels[start:start + PAGE]
         values = self.cells.values[start:start + PAGE]
-        self.grid.thumbnails.set_cells(labels, [caption(int(l), v, self.cells.measure) for l, v in zip(labels, values)],
-                                       self._tooltips(labels))
+        captions = [caption(int(label), value, self.cells.measure) for label, value in zip(labels, values)]
+        self.grid.thumbnails.set_cells(labels, captions, self._tooltips(labels))
         self._paint_frames()
         self._describe()
         self._start_thumbnails(labels)
 
     def _tooltips(self, labels) -> list[str]:
-        predictions, store = self.state.session.predictions, self.state.annotations
-        rows = {int(label): row for row, label in enumerate(predictions.labels)} if predictions is not None else {}
-        annotations = store.annotations if store is not None else {}
-        return [cell_tooltip(int(label), predictions, rows.get(int(label)), annotations.get(int(label))) for label in labels]
+        store = self.state.annotations
+        return cell_tooltips(labels, self.state.session.predictions, store.annotations if store is not None else {})
 
     def _describe(self) -> None:
         n, pages = len(self.cells), page_count(len(self.cells))
@@ -375,6 +383,12 @@ def _combo(choices, tooltip: str) -> QComboBox:
         combo.addItem(text, data)
     combo.setToolTip(tooltip)
     return combo
+
+
+def _set_quietly(combo: QComboBox, index: int) -> None:
+    combo.blockSignals(True)
+    combo.setCurrentIndex(index)
+    combo.blockSignals(False)
 
 
 def _shrinking(combo: QComboBox) -> QComboBox:
