@@ -6,10 +6,11 @@ time the window could not repaint or react. Goal: < 0.25 s per phase.
 
 Phases: embedding the cells and training an MLP head (the main dock's job runner, napari worker
 threads), UMAP in the plugin's worker process (first call in a fresh process, which includes
-numba's compile, then warm), and for comparison UMAP run in a thread of the GUI process (which
-the plugin does not do: it is the measurement behind that choice).
+numba's compile, then warm), the Cell gallery filling a page of 200 thumbnails while it is scrolled
+through, and for comparison UMAP run in a thread of the GUI process (which the plugin does not do:
+it is the measurement behind that choice).
 
-    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--quick]
+    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--quick] [--gallery-only]
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def build_viewer(args):
     from napari_dinoloc.core.synthetic import make_field
     from napari_dinoloc.widgets._state import state_for_viewer
     from napari_dinoloc.widgets.dock import DinolocWidget
+    from napari_dinoloc.widgets.gallery_panel import GalleryWidget
     from napari_dinoloc.widgets.umap_panel import UmapWidget
 
     field = make_field(seed=0, shape=(args.size, args.size))
@@ -115,26 +117,34 @@ def build_viewer(args):
     viewer.window.add_dock_widget(main, name="DINO localization", area="right")
     umap_dock = UmapWidget(viewer)  # starts the UMAP worker's warm-up, as when the plugin opens
     viewer.window.add_dock_widget(umap_dock, name="Cell UMAP", area="right")
+    gallery = GalleryWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="Cell gallery", area="right")
     state = state_for_viewer(viewer)
     image = make_cell_image(field.image.astype("float32"), field.stains, "synthetic")
     state.use_image(image, None, list(field.stains), list(field.class_names))
     state.use_labels(field.labels)
-    return viewer, main, umap_dock, state, field
+    return viewer, main, umap_dock, gallery, state, field
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny backbone, small field, no thread comparison")
+    parser.add_argument("--gallery-only", action="store_true", help="only the idle baseline and the Cell gallery")
     args = parser.parse_args()
     args.size = 512 if args.quick else 1024
     args.backbone = "random-tiny" if args.quick else "random"
     os.environ.setdefault("NAPARI_DINOLOC_HOME", tempfile.mkdtemp(prefix="dinoloc-bench-"))
 
-    viewer, main_dock, umap_dock, state, field = build_viewer(args)
+    viewer, main_dock, umap_dock, gallery, state, field = build_viewer(args)
     print(f"napari-dinoloc responsiveness: {args.backbone} backbone, {args.size}x{args.size} field, "
           f"{int(field.labels.max())} cells, torch threads {torch.get_num_threads()}", flush=True)
     results: list = []
     measure_idle(results)
+    if args.gallery_only:
+        measure_gallery(results, state, gallery)
+        viewer.close()
+        print_table(results)
+        return 0
     measure_cold_umap(results, state, umap_dock)
     backbone = measure_embedding(results, state, main_dock, args.backbone)
     measure_training(results, state, main_dock, field)
@@ -145,6 +155,7 @@ def main() -> int:
         state.use_embeddings(backbone, many)
         measure(results, "UMAP, warm worker (3000 cells)", umap_dock.compute, lambda: not umap_dock.busy)
         thread_comparison(results, main_dock.runner, many.vectors)
+    measure_gallery(results, state, gallery)
     viewer.close()
     print_table(results)
     return 0
@@ -196,6 +207,44 @@ def measure_training(results: list, state, main_dock, field) -> None:
     measure(results, "training the MLP head (worker thread)", run_job(main_dock.runner, "Training", train, sink),
             lambda: not main_dock.runner.busy)
     state.use_head(sink["Training"])
+
+
+def measure_gallery(results: list, state, gallery) -> None:
+    """The Cell gallery on a field of ~400 cells with predictions: sorting by uncertainty fills a page
+    of 200 thumbnails (computed in a worker thread, painted as they come) while the grid is scrolled
+    through, a row every 30 ms, to its end."""
+    import numpy as np
+    from qtpy.QtCore import QTimer
+
+    from napari_dinoloc.core.gallery import MARGIN
+    from napari_dinoloc.core.heads import Predictions
+    from napari_dinoloc.core.images import make_cell_image
+    from napari_dinoloc.core.synthetic import make_field
+    from napari_dinoloc.widgets.gallery_panel import PAGE
+
+    field = make_field(seed=1, shape=(1536, 1536))
+    state.use_image(make_cell_image(field.image.astype("float32"), field.stains, "gallery field"), None,
+                    list(field.stains), list(field.class_names))
+    state.use_labels(field.labels)
+    labels, names = state.session.table.label, state.annotations.class_names
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(len(names)), size=len(labels)).astype(np.float32)
+    state.session.predictions = Predictions(labels.copy(), tuple(names), probabilities)
+    state.predictions_changed.emit()
+    run_event_loop_until(lambda: gallery.loaded, 120)
+    bar = gallery.grid.verticalScrollBar()
+    scroller = QTimer()
+    scroller.setInterval(30)
+    scroller.timeout.connect(lambda: bar.setValue(bar.value() + 40))
+
+    def start():
+        bar.setValue(0)
+        gallery.sort_combo.setCurrentIndex(gallery.sort_combo.findData(MARGIN))
+        scroller.start()
+
+    shown = min(PAGE, len(labels))
+    measure(results, f"gallery: {shown} thumbnails computed while scrolled through ({len(labels)} cells)", start,
+            lambda: gallery.loaded and len(gallery.shown_labels) == shown and bar.value() >= bar.maximum() > 0)
+    scroller.stop()
 
 
 def cold_umap_vectors(state) -> None:

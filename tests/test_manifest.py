@@ -32,10 +32,11 @@ def test_widgets_and_commands_resolve():
 
     manifest = PluginManifest.from_file(MANIFEST)
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
-    assert set(widgets) == {"DINO localization", "Cell UMAP"}
+    assert set(widgets) == {"DINO localization", "Cell UMAP", "Cell gallery"}
     python_names = {c.id: c.python_name for c in manifest.contributions.commands}
     assert python_names[widgets["DINO localization"]] == "napari_dinoloc.widgets.dock:DinolocWidget"
     assert python_names[widgets["Cell UMAP"]] == "napari_dinoloc.widgets.umap_panel:UmapWidget"
+    assert python_names[widgets["Cell gallery"]] == "napari_dinoloc.widgets.gallery_panel:GalleryWidget"
     manifest.validate_imports()  # every python_name imports
 
 

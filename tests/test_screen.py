@@ -230,3 +230,19 @@ def test_a_vendor_file_without_its_bioio_plugin_names_the_package(tmp_path):
     path.write_bytes(b"ZISRAWFILE" + bytes(100))
     with pytest.raises(DinolocError, match="pip install bioio-czi"):
         read_image(path)
+
+
+def test_a_screen_run_writes_the_per_image_summary_and_anndata_of_the_merged_cells(fields, model, tmp_path):
+    anndata = pytest.importorskip("anndata")
+    out, h5ad = tmp_path / "screen.csv", tmp_path / "screen.h5ad"
+    assert main(["predict", str(fields[0].parent), "--model", str(model), "--out", str(out), "--h5ad", str(h5ad),
+                 "--no-cache", "--channels", "nucleus=0,protein=1"]) == 0  # a folder: the screen runner, one process
+    rows = read_table(out)
+    cells = anndata.read_h5ad(h5ad)
+    assert cells.n_obs == len(rows) > 0 and cells.obsm["X_dinoloc"].shape[0] == len(rows)
+    assert list(cells.obs["image"].astype(str)) == [r["image"] for r in rows]
+    assert list(cells.obs["predicted_class"].astype(str)) == [r["predicted_class"] for r in rows]
+    with open(tmp_path / "screen_per_image.csv", newline="") as handle:
+        summary = list(csv.DictReader(handle))
+    assert sorted(r["image"] for r in summary) == sorted({r["image"] for r in rows}) and len(summary) == FIELDS
+    assert sum(int(r["cells"]) for r in summary) == len(rows)

@@ -75,6 +75,15 @@ def _cell_batches(data, labels, table, crop_size, mask_background, batch_size) -
         yield ids[start:stop].copy(), batch
 
 
+def cell_window(array: np.ndarray, centroid, size: int) -> np.ndarray:
+    """``array[:, ...]`` ((C, Y, X): channels or ``labels[None]``) in a ``size`` px window centred on
+    ``centroid`` (y, x) as the cell crops are, zero outside the image."""
+    out = np.zeros((array.shape[0], size, size), array.dtype)
+    half = size // 2
+    _copy_window(array, None, int(np.rint(centroid[0])) - half, int(np.rint(centroid[1])) - half, out)
+    return out
+
+
 def _copy_window(data, labels, top: int, left: int, out: np.ndarray, mask_label=None) -> None:
     """Copy data[:, top:top+S, left:left+S] into ``out`` (already zero), clipped at the image borders."""
     size_y, size_x = out.shape[1:]

@@ -112,6 +112,29 @@ def show_labels(viewer, name: str, data: np.ndarray, like=None, below: Sequence[
     return layer
 
 
+def centre_on_cell(viewer, table, label: int, zoom_in: bool = True) -> tuple:
+    """Centre the camera on cell ``label``'s centroid (world coordinates of the cells layer) and, with
+    ``zoom_in``, zoom so the cell and its neighbours fill a good part of the canvas; returns the centre."""
+    row = table.index_of(label)
+    cells = find_layer(viewer, CELLS)
+    centre = (table.centroid_y[row], table.centroid_x[row])
+    world = tuple(cells.data_to_world(centre) if cells is not None else centre)[-2:]
+    camera = camera_of(viewer)
+    camera.center = world
+    if zoom_in:
+        y0, x0, y1, x1 = table.bbox[row]
+        extent = max(y1 - y0, x1 - x0, 1) * 4 * float(cells.scale[-1] if cells is not None else 1)
+        size = min(viewer.window._qt_viewer.canvas.size) if hasattr(viewer.window, "_qt_viewer") else 600
+        camera.zoom = max(camera.zoom, size / extent)
+    return world
+
+
+def camera_of(viewer):
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def remove_layer(viewer, name: str) -> None:
     layer = find_layer(viewer, name)
     if layer is not None:

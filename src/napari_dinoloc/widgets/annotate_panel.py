@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
 
 from ..core.annotations import KEYS, key_changes, next_cell_to_annotate
 from ..core.errors import DinolocError
-from ._layers import CELLS, find_layer
+from ._layers import CELLS, centre_on_cell, find_layer
 from ._workers import notify_info, report_error, reports_errors
 from .cell_clicker import NEXT_KEY, REDO_KEY, UNDO_KEY, CellClicker
 from .cell_editing import CellEditor
@@ -319,17 +319,7 @@ class AnnotatePanel(QWidget):
         return label
 
     def _centre_on(self, label: int) -> None:
-        table, viewer = self.state.session.table, self.state.viewer
-        row = table.index_of(label)
-        cells = find_layer(viewer, CELLS)
-        centre = (table.centroid_y[row], table.centroid_x[row])
-        world = cells.data_to_world(centre) if cells is not None else centre
-        viewer.camera.center = tuple(world)[-2:]
-        # Zoom so the cell and its neighbours fill a good part of the canvas.
-        y0, x0, y1, x1 = table.bbox[row]
-        extent = max(y1 - y0, x1 - x0, 1) * 4 * float(cells.scale[-1] if cells is not None else 1)
-        size = min(viewer.window._qt_viewer.canvas.size) if hasattr(viewer.window, "_qt_viewer") else 600
-        viewer.camera.zoom = max(viewer.camera.zoom, size / extent)
+        centre_on_cell(self.state.viewer, self.state.session.table, label)
 
 
 def colour_icon(colour: str, size: int = 12):
