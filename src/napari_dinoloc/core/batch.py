@@ -144,7 +144,11 @@ def _group_sources(paths: list[Path], find_hpa_groups) -> list:
     for path in paths:
         if not path.exists():
             raise DinolocError(f"Image not found: {path}. Check the path.")
-    paths = [image for path in paths for image in (folder_images(path) if path.is_dir() else [path])]
+    from .images._lazy import is_ome_zarr
+
+    # a folder of images is its images; an OME-Zarr folder is one image
+    paths = [image for path in paths
+             for image in (folder_images(path) if path.is_dir() and not is_ome_zarr(path) else [path])]
     groups = find_hpa_groups(paths)
     grouped = {p for group in groups for p in group}
     sources: list = [list(g) for g in groups]
