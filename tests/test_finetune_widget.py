@@ -150,6 +150,61 @@ def test_finetune_cancel_run_apply_save_load_and_report(make_napari_viewer, qtbo
     assert not messages(NotificationSeverity.ERROR)
 
 
+def test_divergence_stops_with_a_warning_and_cancel_keeps_the_last_run(make_napari_viewer, qtbot):
+    viewer, dock = open_dock(make_napari_viewer)
+    state, panel = dock.state, dock.finetune_panel
+    embed(qtbot, dock)
+    for name, labels in true_classes(viewer, 3, 3).items():
+        for label in labels:
+            state.annotate(int(label), name)
+
+    # A learning rate far too large: the run stops early, warns, and is not offered for use.
+    panel.choose("last-blocks", blocks=1, epochs=30, lr=1.0)
+    panel.start_button.click()
+    wait_idle(qtbot, dock)
+    result = panel.last_run.result
+    assert result.diverged and len(result.history) < 30
+    assert any("diverged" in m and "Lower the learning rate" in m for m in messages(NotificationSeverity.WARNING))
+    assert not panel.use_button.isEnabled() and not panel.save_button.isEnabled()
+    assert "diverged" in panel.use_button.toolTip() and "diverged" in panel.summary.text()
+    assert panel.plot.epochs() == [record["epoch"] for record in result.history]
+    panel.use_for_all_cells()  # called anyway: refused with the reason, nothing changes
+    assert "diverged" in last_error() and state.session.head is None
+
+    # A good run, then a second one cancelled after its first epoch: the good run's curve and summary stay.
+    panel.choose("last-blocks", blocks=1, epochs=2, lr=1e-4)
+    panel.start_button.click()
+    wait_idle(qtbot, dock)
+    good, summary = panel.last_run, panel.summary.text()
+    assert not good.result.diverged and panel.use_button.isEnabled() and panel.plot.epochs() == [1, 2]
+    panel.choose("last-blocks", blocks=1, epochs=40, lr=1e-4)
+    panel.start_button.click()
+    qtbot.waitUntil(lambda: panel.plot.epochs() == [1], timeout=TIMEOUT_MS)
+    dock.job_bar.cancel_button.click()
+    wait_idle(qtbot, dock)
+    assert panel.last_run is good and panel.summary.text() == summary
+    assert panel.plot.epochs() == [1, 2] and "best epoch" in panel.plot.loss_axes.get_title()
+
+
+def test_head_only_hides_epochs_and_rate_and_plots_its_held_out_curve(make_napari_viewer, qtbot):
+    viewer, dock = open_dock(make_napari_viewer)
+    state, panel = dock.state, dock.finetune_panel
+    embed(qtbot, dock)
+    for name, labels in true_classes(viewer, 3, 3).items():
+        for label in labels:
+            state.annotate(int(label), name)
+    panel.choose("head")
+    assert all(control.isHidden() for control in (panel.epochs, panel.lr, panel.blocks))
+    panel.start_button.click()
+    wait_idle(qtbot, dock)
+    curve = panel.last_run.result.head_curve
+    assert len(curve) >= 2 and panel.plot.loss_axes.get_xlabel() == "training cells"
+    assert list(panel.plot.f1_line.get_xdata()) == [row["train_cells"] for row in curve]
+    assert list(panel.plot.f1_line.get_ydata()) == [row["val_f1"] for row in curve]
+    panel.choose("last-blocks")
+    assert not any(control.isHidden() for control in (panel.epochs, panel.lr, panel.blocks))
+
+
 # ---- bad input -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tuned_run():
