@@ -253,11 +253,12 @@ def test_head_level_draws_its_own_curve_of_held_out_scores(annotated, backbone):
 
 
 # ---- divergence ---------------------------------------------------------------------------------
-def test_divergence_rule_three_times_the_first_epoch_two_epochs_in_a_row_or_not_a_number():
+def test_divergence_rule_five_times_the_first_epoch_two_epochs_in_a_row_or_not_a_number():
     watch = DivergenceWatch()
-    assert [watch.update(e, loss) for e, loss in enumerate((2.0, 6.5, 3.0, 7.0), 1)] == [False] * 4  # 1 epoch high, back
-    assert watch.update(5, 6.1) and watch.diverged and watch.epoch == 5
-    assert "epoch 5" in watch.message(1e-3) and "0.0001 instead of 0.001" in watch.message(1e-3)
+    losses = (2.0, 10.5, 3.0, 9.0, 10.1)  # one epoch high, back; then 4.5x (not enough), then 5.05x
+    assert [watch.update(e, loss) for e, loss in enumerate(losses, 1)] == [False] * 5
+    assert watch.update(6, 10.1) and watch.diverged and watch.epoch == 6
+    assert "epoch 6" in watch.message(1e-3) and "0.0001 instead of 0.001" in watch.message(1e-3)
     nan = DivergenceWatch()
     assert not nan.update(1, 2.0) and nan.update(2, float("nan")) and "not a number" in nan.message(1e-4)
     assert DivergenceWatch().message(1e-4) == ""
@@ -269,7 +270,7 @@ def test_a_learning_rate_that_diverges_stops_early_and_is_never_the_best(cells, 
     settings = FinetuneSettings(epochs=8, batch_size=8, max_batch=8, patience=10, lr=1.0, head_lr=10.0)
     result = finetune_cells(cells, backbone, EMBED, settings)
     losses = [record["train_loss"] for record in result.history]
-    runaway = [r["epoch"] for r in result.history if not r["train_loss"] <= 3 * losses[0]]
+    runaway = [r["epoch"] for r in result.history if not r["train_loss"] <= 5 * losses[0]]
     assert result.diverged and result.metrics["diverged"] and result.metrics["stopped_early"]
     assert len(result.history) < settings.epochs and runaway[-2:] == [len(losses) - 1, len(losses)]
     assert result.metrics["best_epoch"] not in runaway

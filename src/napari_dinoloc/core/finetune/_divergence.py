@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-DIVERGENCE_FACTOR = 3.0  # an epoch's loss above this times the first epoch's counts as running away
+DIVERGENCE_FACTOR = 5.0  # above this times the first epoch's loss an epoch runs away (3x happens by chance on a few cells)
 DIVERGENCE_EPOCHS = 2    # ... for this many epochs in a row
 
 
