@@ -13,7 +13,8 @@ from napari_dinoloc.core.evaluation import (
 )
 from napari_dinoloc.core.progress import CancelToken
 
-CURVE_KEYS = {"fraction", "train_cells", "macro_f1_mean", "macro_f1_std", "fold_macro_f1", "folds", "notes"}
+CURVE_KEYS = {"fraction", "requested", "train_cells", "train_cells_per_fold", "share", "macro_f1_mean", "macro_f1_std",
+              "fold_macro_f1", "folds", "notes"}
 
 
 def blobs(per_class, seed=0, dim=32, k=4, noise=1.0, sizes=None):
@@ -126,6 +127,41 @@ def test_low_shot_curve_rises_with_more_labels():
     assert all(later >= earlier - 0.03 for earlier, later in zip(means, means[1:]))
     assert means[-1] > means[0] + 0.1
     assert all(len(row["fold_macro_f1"]) == 3 and row["macro_f1_std"] >= 0 for row in curve)
+
+
+def test_low_shot_points_count_the_cells_really_used(monkeypatch):
+    from napari_dinoloc.core import evaluation
+
+    fitted, real = [], evaluation.make_head
+
+    def recording(kind, *args, **kwargs):  # every head the curve trains, and how many cells it saw
+        head = real(kind, *args, **kwargs)
+        fit = head.fit_encoded
+        head.fit_encoded = lambda x, *a, **k: (fitted.append(len(x)), fit(x, *a, **k))[1]
+        return head
+
+    monkeypatch.setattr(evaluation, "make_head", recording)
+    x, y = blobs(6)  # 3 folds: 4 training cells per class; 5%, 10% and 25% all round to 1 cell per class
+    curve = low_shot_curve("knn", x, y, fractions=(0.05, 0.1, 0.25, 0.5, 1.0), folds=3)
+    cells = [row["train_cells"] for row in curve]
+    assert cells == [4, 8, 16] and len(set(cells)) == len(cells)  # one point per distinct training set
+    assert [row["requested"] for row in curve] == [[0.05, 0.1, 0.25], [0.5], [1.0]]
+    assert [row["share"] for row in curve] == [0.25, 0.5, 1.0]
+    per_fold = [row["train_cells_per_fold"] for row in curve]
+    assert fitted == [per_fold[point][fold] for fold in range(3) for point in range(3)]  # what each head saw
+
+
+def test_report_header_says_the_folds_the_tables_used():
+    from napari_dinoloc.core.workflows import reports
+
+    x, y = blobs(0, sizes=[8, 3, 8, 8])  # class c1 has 3 cells: 5 folds asked, 3 used
+    plan = reports.EvaluationPlan(x, y, None, "knn", 5)
+    report = reports.evaluate(plan)
+    evaluation = report.evaluations["frozen"]
+    header = "\n".join(reports.header_lines(report, plan, "model"))
+    assert evaluation.folds == 3 == reports.folds_used(report, plan) and {r["folds"] for r in report.curve} == {3}
+    assert "3-fold cross-validation" in header and "reduced from 5 to 3" in header and "5-fold" not in header
+    assert "3-fold cross-validated" in evaluation.format_table()
 
 
 def test_low_shot_curve_rejects_bad_fractions():

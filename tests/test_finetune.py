@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,8 @@ from napari_dinoloc.core.backbones import load_backbone
 from napari_dinoloc.core.embedding import EmbedSettings, embed_cells
 from napari_dinoloc.core.errors import Cancelled, DinolocError
 from napari_dinoloc.core.finetune import (
-    FinetuneSettings, Trainer, apply_finetuned, check_annotations, collect_annotated_cells,
-    compare_frozen_vs_finetuned, embed_cell_crops, finetune, parameter_groups, stratified_split,
+    DivergenceWatch, FinetuneSettings, Trainer, apply_finetuned, check_annotations, collect_annotated_cells,
+    compare_frozen_vs_finetuned, embed_cell_crops, finetune, finetune_cells, parameter_groups, stratified_split,
 )
 from napari_dinoloc.core.images import make_cell_image
 from napari_dinoloc.core.progress import CancelToken
@@ -242,6 +244,57 @@ def test_head_level_trains_only_the_head(annotated, backbone):
     assert 0.0 <= result.metrics["macro_f1"] <= 1.0 and result.metrics["val_cells"] >= len(CLASSES)
 
 
+def test_head_level_draws_its_own_curve_of_held_out_scores(annotated, backbone):
+    result = finetune(annotated, backbone, EMBED, FinetuneSettings(level="head"))
+    cells = [row["train_cells"] for row in result.head_curve]
+    assert len(cells) >= 2 and cells == sorted(set(cells)) and cells[-1] == result.metrics["train_cells"]
+    assert result.head_curve[-1]["val_f1"] == pytest.approx(result.metrics["macro_f1"])  # all cells: the run's score
+    assert all(0 <= row["val_f1"] <= 1 and row["val_loss"] > 0 for row in result.head_curve)
+
+
+# ---- divergence ---------------------------------------------------------------------------------
+def test_divergence_rule_five_times_the_first_epoch_two_epochs_in_a_row_or_not_a_number():
+    watch = DivergenceWatch()
+    losses = (2.0, 10.5, 3.0, 9.0, 10.1)  # one epoch high, back; then 4.5x (not enough), then 5.05x
+    assert [watch.update(e, loss) for e, loss in enumerate(losses, 1)] == [False] * 5
+    assert watch.update(6, 10.1) and watch.diverged and watch.epoch == 6
+    assert "epoch 6" in watch.message(1e-3) and "0.0001 instead of 0.001" in watch.message(1e-3)
+    nan = DivergenceWatch()
+    assert not nan.update(1, 2.0) and nan.update(2, float("nan")) and "not a number" in nan.message(1e-4)
+    assert DivergenceWatch().message(1e-4) == ""
+
+
+def test_a_learning_rate_that_diverges_stops_early_and_is_never_the_best(cells, backbone):
+    from napari_dinoloc.core.workflows.finetuning import FinetuneRun, bundle_of, require_run
+
+    settings = FinetuneSettings(epochs=8, batch_size=8, max_batch=8, patience=10, lr=1.0, head_lr=10.0)
+    result = finetune_cells(cells, backbone, EMBED, settings)
+    losses = [record["train_loss"] for record in result.history]
+    runaway = [r["epoch"] for r in result.history if not r["train_loss"] <= 5 * losses[0]]
+    assert result.diverged and result.metrics["diverged"] and result.metrics["stopped_early"]
+    assert len(result.history) < settings.epochs and runaway[-2:] == [len(losses) - 1, len(losses)]
+    assert result.metrics["best_epoch"] not in runaway
+    assert "Lower the learning rate" in result.divergence and "fewer blocks" in result.divergence
+    for refuse in (lambda run: bundle_of(run), require_run):  # never saved, never used
+        with pytest.raises(DinolocError, match="diverged"):
+            refuse(FinetuneRun(result, backbone))
+
+
+def test_a_loss_that_is_not_a_number_stops_before_changing_the_weights(cells, backbone, monkeypatch):
+    real, calls = Trainer.accumulate, []
+
+    def poisoned(self, crops, targets):
+        loss, features = real(self, crops, targets)
+        calls.append(loss)
+        return (float("nan") if len(calls) > 3 else loss), features  # epoch 1 (3 steps) is fine
+
+    monkeypatch.setattr(Trainer, "accumulate", poisoned)
+    result = finetune_cells(cells, backbone, EMBED, replace(QUICK, epochs=5))
+    assert result.diverged and len(result.history) == 2 and np.isnan(result.history[-1]["train_loss"])
+    assert len(calls) == 4  # the epoch ended at the first bad step
+    assert result.metrics["best_epoch"] in (0, 1) and "not a number" in result.divergence
+
+
 def test_on_epoch_reports_every_epoch(annotated, backbone):
     seen = []
     result = finetune(annotated, backbone, EMBED, QUICK, on_epoch=lambda *args: seen.append(args))
@@ -281,6 +334,12 @@ def write_field_files(folder, field) -> None:
     (folder / "cells.csv").write_text("\n".join(["image,label,class", *rows]) + "\n", encoding="utf-8")
 
 
+def args_list(folder) -> list[str]:
+    return ["finetune", str(folder / "field_000.tif"), "--labels", str(folder / "field_000_labels.tif"),
+            "--annotations", str(folder / "cells.csv"), "--channels", "nucleus=0,protein=1", "--backbone", "random-tiny",
+            "--crop-size", "48", "--device", "cpu", "--train-batch", "8"]
+
+
 def test_finetune_command_writes_a_bundle_with_the_backbone(field, tmp_path, monkeypatch, capsys):
     from napari_dinoloc.cli import build_parser
     from napari_dinoloc.cli._commands import cmd_finetune
@@ -288,17 +347,22 @@ def test_finetune_command_writes_a_bundle_with_the_backbone(field, tmp_path, mon
 
     monkeypatch.setenv("DINOLOC_CACHE_DIR", str(tmp_path / "cache"))
     write_field_files(tmp_path, field)
-    args = build_parser().parse_args([
-        "finetune", str(tmp_path / "field_000.tif"), "--labels", str(tmp_path / "field_000_labels.tif"),
-        "--annotations", str(tmp_path / "cells.csv"), "--channels", "nucleus=0,protein=1", "--backbone", "random-tiny",
-        "--crop-size", "48", "--device", "cpu", "--epochs", "1", "--train-batch", "8", "--out", str(tmp_path / "tuned"),
-    ])
+    args = build_parser().parse_args([*args_list(tmp_path), "--epochs", "1", "--out", str(tmp_path / "tuned")])
     assert cmd_finetune(args) == 0
     bundle = load_bundle(tmp_path / "tuned.dinoloc")
     assert bundle.backbone_state and bundle.extra["finetune"]["level"] == "last-blocks"
     assert bundle.weights_hash.startswith("finetuned:")
     out = capsys.readouterr()
     assert "Macro F1" in out.out and "epoch 1" in out.err
+
+    # A learning rate that diverges: exit non-zero with one line that says what to do, and no file.
+    from napari_dinoloc.cli import main
+
+    argv = [*args_list(tmp_path), "--epochs", "6", "--lr", "1.0", "--head-lr", "10", "--out", str(tmp_path / "wild")]
+    assert main(argv) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dinoloc:")]
+    assert len(errors) == 1 and "diverged" in errors[0] and "Lower the learning rate" in errors[0]
+    assert not (tmp_path / "wild.dinoloc").exists()
 
 
 def test_images_with_channels_in_another_order_give_the_same_crops(field, annotated, backbone):

@@ -140,13 +140,110 @@ def test_finetune_cancel_run_apply_save_load_and_report(make_napari_viewer, qtbo
     report.evaluate_button.click()
     wait_idle(qtbot, dock)
     assert set(report.report.evaluations) == {"frozen", "finetuned"}
-    text = report.text.toPlainText()
+    text = report.plain_text()
     assert "gain from fine-tuning" in text and "Low-shot curve" in text and "Confusion matrix" in text
-    assert report.pictures.count() == 2 * 3  # caption + picture: 2 confusion matrices and the curve
-    assert not report.pictures.itemAt(1).widget().pixmap.isNull()
+    figures = report.figures()  # 2 confusion matrices and the curve, drawn
+    assert [f.caption.split(",")[0] for f in figures] == ["Confusion matrix", "Confusion matrix", "Low-shot curve"]
+    assert all(f.figure.figure.axes for f in figures)
     written = report.save_report(str(tmp_path / "report"))
     assert {p.name for p in written} == {"report.json", "confusion_frozen.png", "confusion_finetuned.png", "low_shot.png"}
     assert state.session.predictions is predictions  # evaluating changes nothing
+    assert not messages(NotificationSeverity.ERROR)
+
+
+def test_divergence_stops_with_a_warning_and_cancel_keeps_the_last_run(make_napari_viewer, qtbot):
+    viewer, dock = open_dock(make_napari_viewer)
+    state, panel = dock.state, dock.finetune_panel
+    embed(qtbot, dock)
+    for name, labels in true_classes(viewer, 3, 3).items():
+        for label in labels:
+            state.annotate(int(label), name)
+
+    # A learning rate far too large: the run stops early, warns, and is not offered for use.
+    panel.choose("last-blocks", blocks=1, epochs=30, lr=1.0)
+    panel.start_button.click()
+    wait_idle(qtbot, dock)
+    result = panel.last_run.result
+    assert result.diverged and len(result.history) < 30
+    assert any("diverged" in m and "Lower the learning rate" in m for m in messages(NotificationSeverity.WARNING))
+    assert not panel.use_button.isEnabled() and not panel.save_button.isEnabled()
+    assert "diverged" in panel.use_button.toolTip() and "diverged" in panel.summary.text()
+    assert panel.plot.epochs() == [record["epoch"] for record in result.history]
+    panel.use_for_all_cells()  # called anyway: refused with the reason, nothing changes
+    assert "diverged" in last_error() and state.session.head is None
+
+    # A good run, then a second one cancelled: the good run's curve and summary stay, together.
+    panel.choose("last-blocks", blocks=1, epochs=2, lr=1e-4)
+    panel.start_button.click()
+    wait_idle(qtbot, dock)
+    good, summary = panel.last_run, panel.summary.text()
+    assert not good.result.diverged and panel.use_button.isEnabled() and panel.plot.epochs() == [1, 2]
+    panel.choose("last-blocks", blocks=1, epochs=40, lr=1e-4)
+    panel.start_button.click()
+    assert panel.plot.epochs() == []  # the new run's plot starts empty...
+    dock.job_bar.cancel_button.click()
+    wait_idle(qtbot, dock)
+    assert panel.last_run is good and panel.summary.text() == summary  # ...and Cancel brings the last run's back
+    assert panel.plot.epochs() == [1, 2] and "best epoch" in panel.plot.loss_axes.get_title()
+    assert any("cancelled" in m for m in messages(NotificationSeverity.INFO))
+
+
+def test_head_only_hides_epochs_and_rate_and_plots_its_held_out_curve(make_napari_viewer, qtbot):
+    viewer, dock = open_dock(make_napari_viewer)
+    state, panel = dock.state, dock.finetune_panel
+    embed(qtbot, dock)
+    for name, labels in true_classes(viewer, 3, 3).items():
+        for label in labels:
+            state.annotate(int(label), name)
+    panel.choose("head")
+    assert all(control.isHidden() for control in (panel.epochs, panel.lr, panel.blocks))
+    panel.start_button.click()
+    wait_idle(qtbot, dock)
+    curve = panel.last_run.result.head_curve
+    assert len(curve) >= 2 and panel.plot.loss_axes.get_xlabel() == "training cells"
+    assert list(panel.plot.f1_line.get_xdata()) == [row["train_cells"] for row in curve]
+    assert list(panel.plot.f1_line.get_ydata()) == [row["val_f1"] for row in curve]
+    panel.choose("last-blocks")
+    assert not any(control.isHidden() for control in (panel.epochs, panel.lr, panel.blocks))
+
+
+def test_report_header_tables_and_figures_agree_and_follow_the_theme(make_napari_viewer, qtbot):
+    from matplotlib.colors import to_hex
+    from napari.utils.theme import get_theme
+
+    viewer, dock = open_dock(make_napari_viewer)
+    state, report = dock.state, dock.report_panel
+    embed(qtbot, dock)
+    for name, labels in true_classes(viewer, 3, 3).items():
+        for label in labels:
+            state.annotate(int(label), name)
+    viewer.theme = "dark"
+    report.folds.setValue(5)  # 3 cells per class: the folds are reduced to 3, and the report says so everywhere
+    report.evaluate_button.click()
+    wait_idle(qtbot, dock)
+    evaluation = report.report.evaluations["frozen"]
+    assert evaluation.folds == 3 and {row["folds"] for row in report.report.curve} == {3}
+    header = report.header.text()
+    assert "3-fold cross-validation" in header and "reduced from 5 to 3" in header and "5-fold" not in header
+    assert "3-fold" in report.plain_text().splitlines()[0]
+
+    # Per-class table: every class, its F1 and cells; the low-shot table: the cells of each point, all different.
+    tables = [w for w in (report.results.itemAt(i).widget() for i in range(report.results.count()))
+              if type(w).__name__ == "FullTable"]
+    f1_table, curve_table = tables[0], tables[-1]
+    assert [f1_table.cell_text(i, 0) for i in range(f1_table.rowCount())] == list(evaluation.class_names)
+    cells = [curve_table.cell_text(i, 0) for i in range(curve_table.rowCount())]
+    assert cells == [f"{row['train_cells']:g}" for row in report.report.curve] and len(set(cells)) == len(cells)
+
+    # Figures in the theme's colours, drawn again when the theme changes; Open bigger follows too.
+    confusion = report.figures()[0]
+    bigger = confusion.open_bigger()
+    dark, light = (get_theme(name).background.as_hex() for name in ("dark", "light"))
+    assert to_hex(confusion.figure.figure.get_facecolor()) == dark != light
+    viewer.theme = "light"
+    for canvas in (confusion.figure, bigger.canvas, report.figures()[-1].figure):
+        assert to_hex(canvas.figure.get_facecolor()) == light
+    bigger.close()
     assert not messages(NotificationSeverity.ERROR)
 
 

@@ -221,7 +221,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     return tuple(sorted(set(fractions)))
 
 
-def _nested_subsets(y_train: np.ndarray, fractions: tuple[float, ...], rng: np.random.Generator) -> list[np.ndarray]:
+def nested_subsets(y_train: np.ndarray, fractions: tuple[float, ...], rng: np.random.Generator) -> list[np.ndarray]:
     """Per fraction, the first round(f * n) (at least 1) cells of one shuffled order per class: smaller training sets
     are subsets of larger ones, so the curve shows the effect of more labels, not of a new draw."""
     orders = [rng.permutation(np.flatnonzero(y_train == c)) for c in np.unique(y_train)]
@@ -235,35 +235,51 @@ def low_shot_curve(kind: str, vectors, classes: Sequence[str], fractions: Sequen
     """Macro-F1 on each held-out fold after training on a fraction of each training fold
     (at least one cell per class), as in the OpenCell paper's low-shot curves.
 
-    Returns one dict per fraction (ascending): fraction, train_cells (mean over folds),
-    macro_f1_mean (also as macro_f1), macro_f1_std, fold_macro_f1 (list), folds, notes (list). ``seed`` as in cross_validate."""
+    Returns one dict per point (ascending): fraction (the smallest requested fraction giving these
+    cells), requested (every requested fraction that gives the same cells: with few annotated cells
+    several fractions round to the same training set, which is one point, not several),
+    train_cells (cells really used, mean over folds), train_cells_per_fold, share (of each training
+    fold, mean), macro_f1_mean, macro_f1_std, fold_macro_f1 (list), folds, notes
+    (list). ``seed`` as in cross_validate."""
     head_params.setdefault("seed", seed)
     make_head(kind, class_names, **head_params)
     fractions = _check_fractions(fractions)
     x, names, y, splits, notes = _prepare(vectors, classes, folds, seed, class_names)
     rng = np.random.default_rng(seed)
-    scores = np.zeros((len(fractions), len(splits)))
-    sizes = np.zeros((len(fractions), len(splits)))
-    n_steps = len(splits) * len(fractions)
+    fold_subsets = [nested_subsets(y[train], fractions, rng) for train, _ in splits]
+    # nested subsets: the same size in every fold means the same cells, so those fractions are one point
+    points: dict[tuple[int, ...], list[float]] = {}
+    for i, fraction in enumerate(fractions):
+        points.setdefault(tuple(len(subsets[i]) for subsets in fold_subsets), []).append(fraction)
+    first_of = {sizes: fractions.index(requested[0]) for sizes, requested in points.items()}
+    scores = np.zeros((len(points), len(splits)))
+    n_steps = len(splits) * len(points)
     for fold, (train, test) in enumerate(splits):
-        for i, subset in enumerate(_nested_subsets(y[train], fractions, rng)):
+        for i, (sizes, requested) in enumerate(points.items()):
             check_cancel(cancel)
-            step = fold * len(fractions) + i
-            what = f"low-shot curve: fold {fold + 1} of {len(splits)}, {fractions[i]:.0%} of the training cells"
+            subset = fold_subsets[fold][first_of[sizes]]
+            step = fold * len(points) + i
+            what = f"low-shot curve: fold {fold + 1} of {len(splits)}, {len(subset)} training cells"
             head = make_head(kind, names, **head_params).fit_encoded(
                 x[train][subset], y[train][subset], names, _step_progress(progress, step, n_steps, what), cancel)
             predicted = head.predict_proba(x[test]).argmax(axis=1)
             scores[i, fold] = f1_from_confusion(confusion_matrix(y[test], predicted, len(names))).mean()
-            sizes[i, fold] = len(subset)
             report(progress, (step + 1) * 1000, n_steps * 1000, what)
-    return [{"fraction": f, "train_cells": float(sizes[i].mean()), "macro_f1_mean": float(scores[i].mean()),
-             "macro_f1_std": float(scores[i].std()), "fold_macro_f1": scores[i].tolist(), "folds": len(splits),
-             "notes": list(notes)} for i, f in enumerate(fractions)]
+    train_sizes = np.array([len(train) for train, _ in splits], dtype=np.float64)
+    return [{"fraction": requested[0], "requested": list(requested), "train_cells": float(np.mean(sizes)),
+             "train_cells_per_fold": list(sizes), "share": float(np.mean(np.array(sizes) / train_sizes)),
+             "macro_f1_mean": float(scores[i].mean()), "macro_f1_std": float(scores[i].std()),
+             "fold_macro_f1": scores[i].tolist(), "folds": len(splits), "notes": list(notes)}
+            for i, (sizes, requested) in enumerate(points.items())]
 
 
 # --------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------
+#: Colours of the saved PNGs (a light page); the Report panel passes the napari theme's instead.
+LIGHT = {"background": "#ffffff", "canvas": "#ffffff", "text": "#000000", "secondary": "#888888"}
+
+
 def _new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -276,48 +292,83 @@ def _new_figure(width: float, height: float):
 def _save_png(figure, path) -> Path:
     path = Path(path)
     with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", bbox_inches="tight")
+        figure.savefig(handle, format="png", bbox_inches="tight", facecolor=figure.get_facecolor())
     return path
 
 
-def plot_confusion(evaluation: Evaluation, path) -> Path:
-    """Confusion matrix as a PNG: colour = share of each true class, text = cell counts."""
+def _style(figure, axes, colours: Mapping[str, str]) -> None:
+    """Background, text, ticks and frame in ``colours`` (keys of LIGHT; a napari theme gives the same)."""
+    figure.set_facecolor(colours["background"])
+    axes.set_facecolor(colours["canvas"])
+    axes.tick_params(colors=colours["text"], labelsize=8)
+    for label in (axes.xaxis.label, axes.yaxis.label, axes.title):
+        label.set_color(colours["text"])
+    for spine in axes.spines.values():
+        spine.set_color(colours["secondary"])
+
+
+def confusion_size(n_classes: int) -> tuple[float, float]:
+    """(width, height) in inches that keep a cell's count readable."""
+    size = 3.0 + 0.5 * n_classes
+    return size + 1.2, size
+
+
+def draw_confusion(figure, evaluation: Evaluation, colours: Mapping[str, str] = LIGHT) -> None:
+    """Confusion matrix on ``figure``: colour = share of each true class, text = cell counts."""
     k = len(evaluation.class_names)
-    size = 2.5 + 0.45 * k
-    figure = _new_figure(size + 1, size)
+    figure.clear()
     axes = figure.add_subplot()
     counts = evaluation.confusion
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    size = 10 if k <= 8 else 8 if k <= 16 else 6
     for i in range(k):
         for j in range(k):
-            axes.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
+            axes.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=size,
                       color="white" if shares[i, j] > 0.5 else "black")
     axes.set_xticks(range(k), evaluation.class_names, rotation=60, ha="right")
     axes.set_yticks(range(k), evaluation.class_names)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
-    axes.set_title(f"macro F1 {evaluation.macro_f1:.3f}, {evaluation.n_cells} cells")
-    figure.colorbar(image, ax=axes, label="share of the true class")
+    how = f"{evaluation.folds}-fold cross-validated, " if evaluation.folds else ""
+    axes.set_title(f"macro F1 {evaluation.macro_f1:.3f} ({how}{evaluation.n_cells} cells)", fontsize=9)
+    _style(figure, axes, colours)
+    bar = figure.colorbar(image, ax=axes)
+    bar.set_label("share of the true class", color=colours["text"])
+    bar.ax.tick_params(colors=colours["text"], labelsize=8)
+    bar.outline.set_edgecolor(colours["secondary"])
+
+
+def plot_confusion(evaluation: Evaluation, path, colours: Mapping[str, str] = LIGHT) -> Path:
+    """Confusion matrix as a PNG (``draw_confusion``)."""
+    figure = _new_figure(*confusion_size(len(evaluation.class_names)))
+    draw_confusion(figure, evaluation, colours)
     return _save_png(figure, path)
 
 
-def plot_low_shot(curve: Sequence[dict], path) -> Path:
-    """Macro-F1 (mean +- std across folds) against the fraction of training cells, as a PNG."""
+def draw_low_shot(figure, curve: Sequence[dict], colours: Mapping[str, str] = LIGHT) -> None:
+    """Macro-F1 (mean +- std across folds) against the training cells really used, on ``figure``."""
     if not curve:
         raise DinolocError("The low-shot curve is empty: compute it with at least one fraction first.")
-    figure = _new_figure(5, 3.6)
+    figure.clear()
     axes = figure.add_subplot()
-    fractions = [row["fraction"] for row in curve]
-    axes.errorbar(fractions, [row["macro_f1_mean"] for row in curve], yerr=[row["macro_f1_std"] for row in curve],
-                  marker="o", capsize=3)
+    cells = [row["train_cells"] for row in curve]
+    axes.errorbar(cells, [row["macro_f1_mean"] for row in curve], yerr=[row["macro_f1_std"] for row in curve],
+                  marker="o", capsize=3, color="#5ab4e5")
     axes.set_xscale("log")
-    axes.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+    axes.set_xticks(cells, [f"{c:.0f}" if float(c).is_integer() else f"{c:.1f}" for c in cells])
     axes.minorticks_off()
     axes.set_ylim(0, 1.02)
-    axes.set_xlabel("fraction of annotated training cells")
+    axes.set_xlabel(f"annotated training cells (mean of {curve[0]['folds']} folds)")
     axes.set_ylabel("macro F1 (held-out folds)")
-    axes.grid(alpha=0.3)
+    axes.grid(alpha=0.3, color=colours["secondary"])
+    _style(figure, axes, colours)
+
+
+def plot_low_shot(curve: Sequence[dict], path, colours: Mapping[str, str] = LIGHT) -> Path:
+    """The low-shot curve as a PNG (``draw_low_shot``)."""
+    figure = _new_figure(5, 3.6)
+    draw_low_shot(figure, curve, colours)
     return _save_png(figure, path)
 
 

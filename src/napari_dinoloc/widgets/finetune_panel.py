@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 from matplotlib.ticker import MaxNLocator
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtGui import QDoubleValidator
@@ -29,11 +30,12 @@ from ..core.workflows.finetuning import (
 )
 from ..core.workflows.training import check_classes
 from ._plots import F1_COLOUR, LOSS_COLOUR, TwinAxesPlot
-from ._workers import notify_info, reports_errors
+from ._workers import notify_info, notify_warning, reports_errors
 
 DEFAULTS = FinetuneSettings()
 BUNDLE_FILES = "napari-dinoloc models (*.dinoloc);;All files (*)"
 EMPTY_PLOT = "Loss and validation macro-F1\nappear here, one point per epoch."
+USE_TIP = "Embed every cell again with the fine-tuned backbone and predict with its classifier."
 
 
 # ---- the live plot -------------------------------------------------------------------------------------
@@ -58,8 +60,9 @@ class LivePlot(TwinAxesPlot):
         self._style(colours)
         self.clear()
 
-    def _style(self, colours: dict) -> None:
-        self.style_axes(colours, "loss", "val. macro-F1", "epoch")
+    def _style(self, colours: dict, x_label: str = "epoch", loss_label: str = "loss") -> None:
+        self.colours = colours
+        self.style_axes(colours, loss_label, "val. macro-F1", x_label)
         self.loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.message.set_color(colours["text"])
         self._title_colour = colours["text"]
@@ -69,6 +72,7 @@ class LivePlot(TwinAxesPlot):
             line.set_data([], [])
         for artist in (self.frozen_line, self.frozen_text):
             artist.set_visible(False)
+        self._style(self.colours)
         self.message.set_visible(True)
         self.set_title(title)
 
@@ -77,6 +81,27 @@ class LivePlot(TwinAxesPlot):
         for line, value in ((self.loss_line, loss), (self.f1_line, f1)):
             line.set_data([*line.get_xdata(), epoch], [*line.get_ydata(), value])
         self._fit_axes()
+        self.draw_idle()
+
+    def show_run(self, result) -> None:
+        """A finished run: its epochs (training loss, validation macro-F1), or, head only, the head's
+        held-out log-loss and macro-F1 against the training cells it was fitted on."""
+        self.clear(epochs_title(result))
+        if result.head_curve:
+            self._style(self.colours, "training cells", "val. log-loss")
+            rows, x = result.head_curve, "train_cells"
+            losses = [row["val_loss"] for row in rows]
+        else:
+            rows, x = result.history, "epoch"
+            losses = [row["train_loss"] for row in rows]
+        if not rows:
+            return
+        self.message.set_visible(False)
+        self.loss_line.set_data([row[x] for row in rows], losses)
+        self.f1_line.set_data([row[x] for row in rows], [row["val_f1"] for row in rows])
+        self._fit_axes()
+        if "initial_val_f1" in result.metrics:
+            self.show_frozen(result.metrics["initial_val_f1"])
         self.draw_idle()
 
     def epochs(self) -> list[int]:
@@ -95,8 +120,9 @@ class LivePlot(TwinAxesPlot):
         self.draw_idle()
 
     def _fit_axes(self) -> None:
-        epochs, losses = self.loss_line.get_xdata(), [v for v in self.loss_line.get_ydata() if v > 0]
-        self.loss_axes.set_xlim(0.5, max(epochs) + 0.5)
+        xs, losses = self.loss_line.get_xdata(), [v for v in self.loss_line.get_ydata() if v > 0 and np.isfinite(v)]
+        pad = 0.5 if min(xs) >= 1 and max(xs) - min(xs) < 40 else 0.05 * max(max(xs) - min(xs), 1)
+        self.loss_axes.set_xlim(min(xs) - pad, max(xs) + pad)
         # A diverging first epoch would flatten every later point on a linear axis.
         spread = max(losses) / min(losses) if losses else 1.0
         self.loss_axes.set_yscale("log" if spread > 30 else "linear")
@@ -135,7 +161,7 @@ class FinetunePanel(QWidget):
         self.start_button.setToolTip("Train on the annotated cells in the background (Cancel below stops it; "
                                      "the current model stays in use until you press Use for all cells).")
         self.use_button = QPushButton("Use for all cells")
-        self.use_button.setToolTip("Embed every cell again with the fine-tuned backbone and predict with its classifier.")
+        self.use_button.setToolTip(USE_TIP)
         self.save_button = QPushButton("Save model…")
         self.save_button.setToolTip("The fine-tuned backbone and its classifier as one .dinoloc file "
                                     "(step 4 ▸ Saved model uses it on other images).")
@@ -149,7 +175,7 @@ class FinetunePanel(QWidget):
         self._show_run()
 
     def _lay_out(self) -> None:
-        form = QFormLayout()
+        self.form = form = QFormLayout()
         form.addRow("Train", self.level)
         form.addRow("Blocks (N)", self.blocks)
         form.addRow("Epochs", self.epochs)
@@ -171,7 +197,13 @@ class FinetunePanel(QWidget):
         self.save_button.clicked.connect(lambda _=False: self._ask_save_path())
 
     def _show_level(self) -> None:
-        self.blocks.setEnabled(self.level.currentData() == "last-blocks")
+        """Only the controls the chosen level uses: head only trains no backbone (no epochs, no rate)."""
+        level = self.level.currentData()
+        for control, used in ((self.blocks, level == "last-blocks"), (self.epochs, level != "head"),
+                              (self.lr, level != "head")):
+            control.setEnabled(used)  # hidden, but also disabled for anything that reads it
+            for widget in (control, self.form.labelForField(control)):
+                widget.setVisible(used)
 
     def _limit_blocks(self) -> None:
         """At most as many blocks as the current backbone has (the spin box then says so itself)."""
@@ -180,8 +212,20 @@ class FinetunePanel(QWidget):
             self.blocks.setMaximum(depth)
 
     def _show_run(self) -> None:
+        """The last finished run: its curve, its summary, and its buttons (never for a diverged run)."""
+        run = self.last_run
+        usable = run is not None and not run.result.diverged
         for button in (self.use_button, self.save_button):
-            button.setEnabled(self.last_run is not None)
+            button.setEnabled(usable)
+        refused = "" if usable or run is None else f"Not offered: {run.result.divergence}"
+        self.use_button.setToolTip(refused or USE_TIP)
+        self.summary.setStyleSheet(f"color: {'#e5954d' if refused else 'gray'};")
+        if run is None:
+            self.summary.setText("")
+            self.plot.clear()
+        else:
+            self.summary.setText(run_summary(run.result))
+            self.plot.show_run(run.result)
 
     # ---- choices -----------------------------------------------------------------------------------------
     def choose(self, level: str = "last-blocks", blocks: int = DEFAULTS.blocks, epochs: int = DEFAULTS.epochs,
@@ -219,8 +263,7 @@ class FinetunePanel(QWidget):
         def work(progress, cancel):
             return workflow.finetune_run(cells, load_base, embed_settings, settings, progress, cancel, on_epoch)
 
-        started = self.runner.run("Fine-tuning", work, self._finished,
-                                  on_error=lambda error: self.plot.set_title("stopped: nothing was changed"))
+        started = self.runner.run("Fine-tuning", work, self._finished, on_error=self._stopped)
         if started:
             self.plot.clear(start_title(settings))
         return started
@@ -228,11 +271,16 @@ class FinetunePanel(QWidget):
     def _finished(self, run: FinetuneRun) -> None:
         self.last_run, result = run, run.result
         self._show_run()
-        self.plot.set_title(epochs_title(result))
-        if "initial_val_f1" in result.metrics:
-            self.plot.show_frozen(result.metrics["initial_val_f1"])
-        self.summary.setText(run_summary(result))
+        if result.diverged:
+            notify_warning(f"{result.divergence} (Use for all cells and Save are not offered for this run.)")
+            return
         notify_info(f"Fine-tuning done: {run_summary(result)} Press Use for all cells to predict with it, or save it.")
+
+    def _stopped(self, error) -> None:
+        """Cancelled or failed: the last finished run's curve comes back, with its summary."""
+        self._show_run()
+        if self.last_run is None:
+            self.plot.set_title("stopped: nothing was changed")
 
     # ---- using and saving the result -----------------------------------------------------------------------
     @reports_errors("Using the fine-tuned model")

@@ -27,6 +27,7 @@ on a deep copy, so cancelling leaves the caller's model exactly as it was.
 from ..backbones import apply_finetuned, is_fine_tuned, state_hash
 from ..bundle import finetune_bundle
 from ._cells import CellSet, check_annotations, collect_annotated_cells, embed_cell_crops, stratified_split
+from ._divergence import DIVERGENCE_EPOCHS, DIVERGENCE_FACTOR, DivergenceWatch
 from ._compare import FinetuneComparison, compare_frozen_vs_finetuned
 from ._run import EpochCallback, FinetuneResult, finetune, finetune_cells, validate_head
 from ._settings import LEVELS, FinetuneSettings
@@ -36,7 +37,7 @@ from ._trainer import (
 )
 
 __all__ = [
-    "CellSet", "EarlyStopping", "EpochCallback", "FinetuneComparison", "FinetuneResult", "FinetuneSettings", "LEVELS",
+    "CellSet", "DIVERGENCE_EPOCHS", "DIVERGENCE_FACTOR", "DivergenceWatch", "EarlyStopping", "EpochCallback", "FinetuneComparison", "FinetuneResult", "FinetuneSettings", "LEVELS",
     "Trainer", "apply_finetuned", "balanced_order", "check_annotations", "collect_annotated_cells",
     "compare_frozen_vs_finetuned", "embed_cell_crops", "finetune", "finetune_bundle", "finetune_cells",
     "is_fine_tuned", "is_out_of_memory", "layer_index", "parameter_groups", "seeded", "set_trainable", "state_hash",

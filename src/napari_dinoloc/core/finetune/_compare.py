@@ -66,16 +66,26 @@ def compare_frozen_vs_finetuned(
     began = time.perf_counter()
     frozen = _frozen_out_of_fold(cells, backbone, embed_settings, settings, class_names, y, splits, progress, cancel)
     frozen_seconds, began = time.perf_counter() - began, time.perf_counter()
-    tuned = np.empty(len(y), dtype=np.int64)
+    tuned, diverged = np.empty(len(y), dtype=np.int64), []
     for fold, (train, test) in enumerate(splits):
         fold_progress = _fold_progress(progress, fold, len(splits))
         result = finetune_cells(cells.subset(train), backbone, embed_settings, settings, fold_progress, cancel,
                                 class_names=class_names, min_cells=1)
         vectors = embed_cell_crops(apply_finetuned(backbone, result), embed_settings, cells.subset(test), cancel=cancel)
         tuned[test] = _class_index(result.head.predict_proba(vectors), result.class_names, class_names)
+        diverged += [fold + 1] if result.diverged else []
     seconds = {"frozen": frozen_seconds, "finetuned": time.perf_counter() - began}
     return FinetuneComparison(_out_of_fold_evaluation(class_names, y, frozen, splits, notes),
-                              _out_of_fold_evaluation(class_names, y, tuned, splits, notes), settings.level, seconds)
+                              _out_of_fold_evaluation(class_names, y, tuned, splits, notes + _diverged_note(diverged, settings)),
+                              settings.level, seconds)
+
+
+def _diverged_note(folds: list[int], settings: FinetuneSettings) -> list[str]:
+    """Folds whose fine-tuning diverged are scored with their best epoch before it ran away: say so."""
+    if not folds:
+        return []
+    return [f"Fine-tuning diverged in fold(s) {folds}: these scores come from the epochs before it ran away. "
+            f"Lower the learning rate (e.g. {settings.lr / 10:g}) or train fewer blocks."]
 
 
 def _frozen_out_of_fold(cells, backbone, embed_settings, settings, class_names, y, splits, progress, cancel) -> np.ndarray:

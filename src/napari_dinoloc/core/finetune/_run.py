@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -12,6 +12,7 @@ from ..embedding import EmbedSettings
 from ..heads import MIN_CELLS_PER_CLASS, Head, as_vectors, make_head
 from ..progress import CancelToken, ProgressCallback
 from ._cells import CellSet, check_annotations, collect_annotated_cells, embed_cell_crops, stratified_split
+from ._head_curve import head_learning_curve
 from ._settings import FinetuneSettings, refuse_classic
 from ._trainer import Trainer
 
@@ -32,6 +33,9 @@ class FinetuneResult:
     embed_settings: EmbedSettings  # resolved: crop and input sizes filled in
     settings: FinetuneSettings
     validation: object = None  # evaluation.Evaluation on the validation cells (format_table() for a report)
+    diverged: bool = False  # the training loss ran away (_divergence.py): never use nor save this result
+    divergence: str = ""    # what happened and what to do, when diverged
+    head_curve: list[dict] = field(default_factory=list)  # level "head": head_learning_curve() rows
 
 def finetune(
     image_cells: Iterable[tuple[object, np.ndarray, Mapping[int, str]]],
@@ -62,7 +66,7 @@ def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, sett
     embed_settings = embed_settings.resolved(backbone)
     class_names, y = check_annotations(cells, class_names, min_cells)
     train, val = stratified_split(y, settings.val_fraction, settings.seed)
-    state, history, training_metrics = None, [], {}
+    state, history, training_metrics, head_curve = None, [], {}, []
     if settings.level == "head" and backbone.is_finetuned:
         state = numpy_state(backbone.model)  # already fine-tuned: the bundle must carry these weights
     if settings.level != "head":
@@ -73,6 +77,8 @@ def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, sett
     tuned = apply_finetuned(backbone, state)
     vectors = as_vectors(embed_cell_crops(tuned, embed_settings, cells, progress, cancel))
     validation = validate_head(vectors, y, class_names, train, val, settings)
+    if settings.level == "head":
+        head_curve = head_learning_curve(vectors, y, class_names, train, val, settings, cancel)
     metrics = {**validation.to_dict(), "level": settings.level, "train_cells": int(len(train)),
                "val_cells": int(len(val)), "annotations_not_found": cells.not_found, **training_metrics}
     head = make_head(settings.head_kind, class_names, seed=settings.seed).fit_encoded(vectors, y, class_names)
@@ -81,6 +87,8 @@ def finetune_cells(cells: CellSet, backbone, embed_settings: EmbedSettings, sett
         weights_hash=tuned.weights_hash, head=head, history=history, metrics=metrics, class_names=class_names,
         class_counts={name: int(np.sum(y == i)) for i, name in enumerate(class_names)},
         stains=cells.stains, embed_settings=embed_settings, settings=settings, validation=validation,
+        diverged=bool(training_metrics.get("diverged")), divergence=training_metrics.get("divergence", ""),
+        head_curve=head_curve,
     )
 
 def validate_head(vectors, y, class_names, train, val, settings: FinetuneSettings):

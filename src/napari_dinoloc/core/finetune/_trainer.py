@@ -20,6 +20,7 @@ from ..evaluation import macro_f1
 from ..heads import make_head
 from ..progress import check_cancel, report
 from ._cells import CellSet
+from ._divergence import DivergenceWatch
 from ._settings import FinetuneSettings
 
 WARMUP_EPOCHS = 1  # linear learning-rate warm-up: the first steps see the largest, least reliable gradients
@@ -133,6 +134,8 @@ class Trainer:
                 if not is_out_of_memory(exc):
                     raise
                 self._shrink_micro_batch(exc)
+        if not math.isfinite(loss):
+            return loss, features  # diverged: no step, the weights stay as they were
         torch.nn.utils.clip_grad_norm_(self._parameters(), CLIP_NORM)
         self.optimiser.step()
         self.schedule.step()
@@ -151,9 +154,11 @@ class Trainer:
     # -- epochs ---------------------------------------------------------------------------------
     def fit(self, train, val, progress=None, cancel=None, on_epoch=None) -> tuple[list[dict], dict]:
         """Train with early stopping on validation macro-F1; the best epoch's weights are kept
-        (epoch 0, the untouched backbone, included: fine-tuning never ends worse on validation)."""
+        (epoch 0, the untouched backbone, included: fine-tuning never ends worse on validation).
+        A run whose loss runs away stops (``DivergenceWatch``), and its runaway epochs are never the best."""
         import torch
 
+        watch = DivergenceWatch()
         with seeded(self.settings.seed, self.device):
             generator = torch.Generator().manual_seed(self.settings.seed)
             self.init_classifier(train, generator, cancel)
@@ -166,13 +171,17 @@ class Trainer:
                 history.append(record)
                 if on_epoch is not None:
                     on_epoch(epoch, record["train_loss"], record["val_f1"])
-                if best.update(epoch, record["val_f1"], record["val_loss"], self.snapshot):
+                if watch.update(epoch, record["train_loss"]):
+                    break
+                if best.update(epoch, record["val_f1"], record["val_loss"], self.snapshot,
+                               eligible=not watch.runs_away(record["train_loss"])):
                     break
             self.restore(best.snapshot)
         self.backbone.model.eval()
         return history, {"initial_val_f1": best.initial_f1, "best_val_f1": best.f1, "best_epoch": best.epoch,
                          "epochs_run": len(history), "stopped_early": len(history) < self.settings.epochs,
-                         "micro_batch": self.micro_batch}
+                         "micro_batch": self.micro_batch, "diverged": watch.diverged,
+                         "divergence": watch.message(self.settings.lr)}
 
     def run_epoch(self, epoch, train, val, generator, progress=None, cancel=None) -> dict:
         import torch
@@ -182,18 +191,20 @@ class Trainer:
         self.classifier.train()
         order = balanced_order(self.y[train], generator)
         batches = [train[order[i:i + self.settings.batch_size]] for i in range(0, len(order), self.settings.batch_size)]
-        losses, features = [], []
+        losses, features, used = [], [], []
         for number, rows in enumerate(batches, start=1):
             check_cancel(cancel)
             crops = augment_crops(torch.from_numpy(self.cells.crops[rows]), self.cells.stains, self.settings.augment, generator)
             loss, batch_features = self.step(crops.numpy(), torch.from_numpy(self.y[rows]).to(self.device))
+            if not math.isfinite(loss):  # diverged: the epoch ends here, unscored (the watch stops the run)
+                return {"epoch": epoch, "train_loss": loss, "val_f1": math.nan, "val_loss": math.nan,
+                        "seconds": time.perf_counter() - began, "micro_batch": self.micro_batch}
             losses.append(loss * len(rows))
             features.append(batch_features)
+            used.append(rows)
             report(progress, (epoch - 1) * len(batches) + number, self.settings.epochs * len(batches),
                    f"Fine-tuning: epoch {epoch} of {self.settings.epochs}")
-        if not all(np.isfinite(losses)):
-            raise DinolocError("Fine-tuning diverged (the loss is not a number): lower the learning rate (--lr, --head-lr).")
-        scores = self.validate(val, np.concatenate(features), self.y[np.concatenate(batches)])
+        scores = self.validate(val, np.concatenate(features), self.y[np.concatenate(used)])
         return {"epoch": epoch, "train_loss": float(sum(losses) / len(order)), **scores,
                 "seconds": time.perf_counter() - began, "micro_batch": self.micro_batch}
 
@@ -230,9 +241,9 @@ class EarlyStopping:
         self.patience, self.f1, self.loss, self.snapshot = patience, f1, loss, snapshot
         self.initial_f1, self.epoch = f1, 0
 
-    def update(self, epoch: int, f1: float, loss: float, take_snapshot) -> bool:
-        """Record an epoch; True when training should stop."""
-        if (f1, -loss) > (self.f1, -self.loss):
+    def update(self, epoch: int, f1: float, loss: float, take_snapshot, eligible: bool = True) -> bool:
+        """Record an epoch (``eligible``: may it become the best?); True when training should stop."""
+        if eligible and (f1, -loss) > (self.f1, -self.loss):
             self.f1, self.loss, self.epoch, self.snapshot = f1, loss, epoch, take_snapshot()
         return epoch - self.epoch >= self.patience
 

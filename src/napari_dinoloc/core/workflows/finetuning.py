@@ -38,7 +38,7 @@ def finetune_run(image_cells: Iterable, load_base: Callable[[], Any], embed_sett
 def bundle_of(run: FinetuneRun):
     from ..finetune import finetune_bundle
 
-    return finetune_bundle(run.result, run.base)
+    return finetune_bundle(require_usable(run).result, run.base)
 
 
 def bundle_path(out) -> Path:
@@ -65,7 +65,7 @@ def finetune_to_file(image_cells: Iterable, load_base: Callable[[], Any], embed_
 
     out = check_writable(bundle_path(out))
     run = finetune_run(image_cells, load_base, embed_settings, settings, progress, cancel, on_epoch)
-    save_run(run, out, progress=progress)
+    save_run(run, out, progress=progress)  # a diverged run is refused here: no file is written
     return run
 
 
@@ -93,27 +93,36 @@ def embed_with_run(session, run: FinetuneRun, progress=None, cancel=None):
 
     session.require_cells()
     check_fits(run, session.image.stains)
-    backbone = apply_finetuned(run.base, run.result)
+    backbone = apply_finetuned(run.base, require_usable(run).result)
     return backbone, session.compute_embeddings(run.result.embed_settings, backbone, progress=progress, cancel=cancel)
 
 
 def require_run(run: Optional[FinetuneRun]) -> FinetuneRun:
     if run is None:
         raise DinolocError("Nothing fine-tuned yet: annotate cells of two or more classes and press Fine-tune.")
+    return require_usable(run)
+
+
+def require_usable(run: FinetuneRun) -> FinetuneRun:
+    """A diverged run is never used nor saved: its message says what to change."""
+    if run.result.diverged:
+        raise DinolocError(run.result.divergence)
     return run
 
 
 # ---- texts -------------------------------------------------------------------------------------------------
 def start_title(settings) -> str:
     if settings.level == "head":
-        return "head only: fitting the classifier, no epochs"
+        return "head only: fitting the classifier on more and more cells"
     return f"{LEVEL_LABELS[settings.level].lower()}: up to {settings.epochs} epochs"
 
 
 def epochs_title(result) -> str:
     metrics, ran = result.metrics, len(result.history)
+    if result.diverged:
+        return f"diverged at epoch {ran}: stopped, do not use"
     if not ran:
-        return "head only: the backbone was not trained"
+        return "head only: held-out score against training cells"
     ending = "stopped early" if metrics.get("stopped_early") else "done"
     return f"{ending} after {ran} epoch{'s' * (ran != 1)}; best epoch {metrics.get('best_epoch', '?')}"
 
@@ -121,6 +130,8 @@ def epochs_title(result) -> str:
 def run_summary(result) -> str:
     """One sentence for the panel: validation macro-F1 before and after, and the cells."""
     metrics = result.metrics
+    if result.diverged:
+        return result.divergence
     cells = f"{metrics.get('train_cells', '?')} training and {metrics.get('val_cells', '?')} validation cells"
     if "initial_val_f1" in metrics:
         return (f"validation macro-F1 {metrics['initial_val_f1']:.2f} (frozen) → {metrics['best_val_f1']:.2f} "

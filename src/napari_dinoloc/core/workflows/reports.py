@@ -112,12 +112,30 @@ def write_report(folder, report: Report) -> list[Path]:
 
 
 # ---- the text -------------------------------------------------------------------------------------------
-def report_text(report: Report, plan: EvaluationPlan, model: str) -> str:
-    parts = [f"Classifier: {plan.kind}, {plan.folds}-fold cross-validation", f"Cells: {len(plan.classes)} annotated",
-             f"Embeddings: {model}"]
+def folds_used(report: Report, plan: EvaluationPlan) -> int:
+    """The folds the evaluations really used (fewer than asked when a class has too few cells): one number
+    for the header, the tables and the curve."""
+    used = {evaluation.folds for evaluation in report.evaluations.values()} | {row["folds"] for row in report.curve}
+    return max(used) if used else plan.folds
+
+
+def header_lines(report: Report, plan: EvaluationPlan, model: str) -> list[str]:
+    """What was evaluated, how: classifier, folds actually used (and why fewer), cells, embeddings."""
+    folds = folds_used(report, plan)
+    how = f"{folds}-fold cross-validation"
+    if folds != plan.folds:
+        notes = [n for ev in report.evaluations.values() for n in ev.notes if n.startswith("Folds reduced")]
+        how += f" ({notes[0]})" if notes else f" ({plan.folds} asked)"
+    cells = len(plan.classes) if plan.vectors is not None else next(iter(report.evaluations.values())).n_cells
+    lines = [f"Classifier: {plan.kind}, {how}", f"Cells: {cells} annotated", f"Embeddings: {model}"]
     if plan.embeddings_name == "finetuned_in_use":
-        parts.append("Note: the backbone in use was fine-tuned on these same cells, so these scores are optimistic; "
+        lines.append("Note: the backbone in use was fine-tuned on these same cells, so these scores are optimistic; "
                      "tick 'Compare with fine-tuning' for an honest estimate.")
+    return lines
+
+
+def report_text(report: Report, plan: EvaluationPlan, model: str) -> str:
+    parts = header_lines(report, plan, model)
     if report.comparison is not None:
         parts += ["", report.comparison.format_table()]
     if BASELINE in report.evaluations:
@@ -145,16 +163,30 @@ def baseline_line(report: Report) -> str:
 
 
 def low_shot_lines(curve) -> list[str]:
-    lines = [f"{'labelled':>8} {'cells':>6} {'macro F1':>9} {'± folds':>8}"]
+    lines = [f"{'cells':>7} {'share':>6} {'macro F1':>9} {'± folds':>8}"]
     for row in curve:
-        lines.append(f"{row['fraction']:>8.0%} {row['train_cells']:>6.1f} {row['macro_f1_mean']:>9.3f} {row['macro_f1_std']:>8.3f}")
+        lines.append(f"{cells_text(row):>7} {row['share']:>6.0%} {row['macro_f1_mean']:>9.3f} {row['macro_f1_std']:>8.3f}")
     return lines + list(curve[0]["notes"] if curve else [])
 
 
+def cells_text(row: dict) -> str:
+    """The training cells of a low-shot point: a whole number when every fold used the same count."""
+    cells = row["train_cells"]
+    return f"{cells:.0f}" if float(cells).is_integer() else f"{cells:.1f}"
+
+
 def curve_lines(curve) -> list[str]:
-    """The low-shot curve as the command line prints it, one line per fraction."""
+    """The low-shot curve as the command line prints it, one line per point."""
     return [f"fraction {point['fraction']:.3f}: macro-F1 {point['macro_f1_mean']:.3f} ± {point['macro_f1_std']:.3f} "
-            f"({point['train_cells']:.0f} training cells)" for point in curve]
+            f"({cells_text(point)} training cells{merged_text(point)})" for point in curve]
+
+
+def merged_text(point: dict) -> str:
+    """Fractions that round to the same training cells are one point: say which."""
+    requested = point.get("requested", [point["fraction"]])
+    if len(requested) < 2:
+        return ""
+    return "; also " + ", ".join(f"{f:.3f}" for f in requested[1:]) + ": the same cells"
 
 
 def comparison_text(report: Report) -> str:
