@@ -501,3 +501,11 @@ def test_a_file_that_is_not_a_model(make_napari_viewer, qtbot, tmp_path):
     dock.predict_panel.exports.save_model(str(tmp_path / "none.dinoloc"))  # nothing trained yet
     assert "no trained model" in messages(NotificationSeverity.ERROR)[-1]
     assert not (tmp_path / "none.dinoloc").exists()
+
+
+def test_the_model_step_starts_on_the_default_features(make_napari_viewer, qtbot):
+    from napari_dinoloc.core import defaults
+
+    viewer, dock = open_dock(make_napari_viewer, qtbot)
+    assert dock.model_panel.backbone.currentData() == defaults.FEATURES
+    assert dock.model_panel.backbone.findData("classic") >= 0  # the classic features stay a choice
