@@ -206,7 +206,7 @@ class PredictPanel(QWidget):
             return predict_session_with_bundle(session, path, choice.get("weights"), choice.get("device", "auto"),
                                                choice.get("settings"), progress=progress, cancel=cancel)
 
-        return self.runner.run("Predicting with the saved model", work, lambda result: self._use_bundle(labels, *result))
+        return self.runner.run("Predicting with the saved model", work, lambda result: self._use_bundle(labels, *result, path=path))
 
     def _use_head(self, embeddings, head, counts: dict) -> None:
         if self.state.session.embeddings is not embeddings:
@@ -215,14 +215,14 @@ class PredictPanel(QWidget):
         self._head_counts = counts
         self.state.use_head(head)
 
-    def _use_bundle(self, labels, backbone, embeddings, bundle) -> None:
+    def _use_bundle(self, labels, backbone, embeddings, bundle, path: str = "") -> None:
         if self.state.session.labels is not labels:
             notify_info("The cells changed while the model was applied: predict again.")
             return
         if embeddings is not None:
             self.state.use_embeddings(backbone, embeddings)
         self._head_counts = dict(bundle.class_counts)
-        self.state.use_head(bundle.head)
+        self.state.use_head(bundle.head, source={"bundle": path} if path else None)  # saved: stale if the file changes
 
     # ---- legend ----------------------------------------------------------------------------------------
     def show_legend(self) -> None:
