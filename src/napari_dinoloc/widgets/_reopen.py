@@ -16,6 +16,7 @@ from typing import Optional
 from qtpy.QtCore import QObject
 
 from ..core.errors import DinolocError
+from ._layers import CELLS, find_layer
 from ._workers import notify_info, notify_warning
 
 
@@ -168,8 +169,9 @@ def restore_saved_analysis(panel, name_of) -> str:
         return ""  # the layers do not make an image yet (a channel still loading, stains unclear)
     image, path = built[0], built[1]
     current = state.session
-    if current.image is not None and current.image.content_hash == image.content_hash and current.labels is not None:
-        return ""
+    if (current.image is not None and current.image.content_hash == image.content_hash and current.labels is not None
+            and find_layer(panel.viewer, CELLS) is not None):
+        return ""  # this image and its cells are on show already
     if not analysis_path(image.content_hash, image.name, path, state.project_folder).exists():
         return ""
     panel.apply_image(built)
