@@ -27,7 +27,7 @@ class AnalysisKeeper(QObject):
         super().__init__(state)
         self.state = state
         self.store = None        # core.analysis_store.AnalysisStore of the current image
-        self._quiet = False      # restoring: what is being set is what the store holds
+        self.quiet = False      # restoring: what is being set is what the store holds
         self._warned = False
         state.image_changed.connect(self.open_for_image)
         state.cells_changed.connect(self.save_cells)
@@ -51,15 +51,15 @@ class AnalysisKeeper(QObject):
 
     @contextmanager
     def restoring(self):
-        self._quiet = True
+        self.quiet = True
         try:
             yield
         finally:
-            self._quiet = False
+            self.quiet = False
 
     def save_cells(self) -> None:
         session = self.state.session
-        if self._quiet or self.store is None or session.labels is None:
+        if self.quiet or self.store is None or session.labels is None:
             return
         self._guarded(self.store.save_cells, session.labels, self.state.cells_origin)
 
@@ -67,7 +67,7 @@ class AnalysisKeeper(QObject):
         from ..core.analysis_store import prediction_signature
 
         session, store = self.state.session, self.store
-        if self._quiet or store is None or session.labels is None:
+        if self.quiet or store is None or session.labels is None:
             return
         predictions, signature = session.predictions, None
         if predictions is not None:
@@ -79,7 +79,7 @@ class AnalysisKeeper(QObject):
 
     def _follow_project_folder(self) -> None:
         """A new project folder: the saved cells move there with the annotations."""
-        if self.store is None or self._quiet:
+        if self.store is None or self.quiet:
             return
         path = self.expected_path()
         if path != self.store.path:
@@ -108,13 +108,23 @@ def offer_restores(panel, name_of) -> str:
     panel.layout().addWidget(note)
     panel.restored_note = note
     state = panel.state
-    # new cells found here replace the restored ones: the note no longer applies
-    state.cells_changed.connect(lambda: None if state.keeper._quiet else note.hide())
+
+    def hide_note() -> None:  # new cells found here replace the restored ones: the note no longer applies
+        try:
+            if not state.keeper.quiet:
+                note.hide()
+        except RuntimeError:  # the dock was closed; the state lives on with the viewer
+            pass
+
+    state.cells_changed.connect(hide_note)
 
     def offer(event=None) -> str:
         try:
             message = restore_saved_analysis(panel, name_of)
         except RuntimeError:  # the panel was closed
+            return ""
+        except DinolocError as exc:  # saved cells the engine refuses: say so, the user segments as before
+            notify_warning(f"The saved cells of this image were not restored: {exc}")
             return ""
         if message:
             note.setText(message)
@@ -124,7 +134,16 @@ def offer_restores(panel, name_of) -> str:
     events = panel.viewer.layers.events
     for event in (events.inserted, events.removed):
         event.connect(offer, position="last")  # after the panel has listed the new layers
-    panel.destroyed.connect(lambda *_: [e.disconnect(offer) for e in (events.inserted, events.removed)])
+
+    def forget(*_) -> None:
+        try:
+            for event in (events.inserted, events.removed):
+                event.disconnect(offer)
+            state.cells_changed.disconnect(hide_note)
+        except (RuntimeError, TypeError):  # the viewer (and its state) went first
+            pass
+
+    panel.destroyed.connect(forget)
     return offer()
 
 
