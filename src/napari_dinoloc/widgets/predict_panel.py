@@ -206,7 +206,8 @@ class PredictPanel(QWidget):
             return predict_session_with_bundle(session, path, choice.get("weights"), choice.get("device", "auto"),
                                                choice.get("settings"), progress=progress, cancel=cancel)
 
-        return self.runner.run("Predicting with the saved model", work, lambda result: self._use_bundle(labels, *result, path=path))
+        return self.runner.run("Predicting with the saved model", work,
+                               lambda result: self._use_bundle(labels, *result, path=path))
 
     def _use_head(self, embeddings, head, counts: dict) -> None:
         if self.state.session.embeddings is not embeddings:

