@@ -39,7 +39,9 @@ def wait_for_workers(qtbot):
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=30000)
 
 
-def test_launch_opens_the_docks_as_tabs_each_with_the_full_height(qtbot):
+def test_launch_opens_the_docks_as_tabs_each_with_the_full_height(make_napari_viewer, qtbot):
+    # make_napari_viewer (unused) gives this test napari's test app: a second direct Viewer in the run
+    # (test_manifest's main job) would otherwise register the plugin's commands twice.
     from napari_dinoloc.launch import open_viewer_with_sample
 
     viewer = open_viewer_with_sample(run=False)

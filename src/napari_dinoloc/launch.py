@@ -7,12 +7,12 @@ MAIN_DOCK = "DINO localization"
 
 
 def plugin_dock_names() -> list[str]:
-    """Every dock the plugin's manifest contributes, the main dock first (a new dock joins by itself)."""
+    """Every dock the plugin's manifest contributes, the main dock first (a new dock joins by itself).
+    Call after napari has found its plugins (a Viewer exists): discovering again re-registers them."""
     from npe2 import PluginManager
 
-    manager = PluginManager.instance()
-    manager.discover()
-    names = [widget.display_name for widget in manager.get_manifest(PLUGIN).contributions.widgets or ()]
+    manifest = PluginManager.instance().get_manifest(PLUGIN)
+    names = [widget.display_name for widget in manifest.contributions.widgets or ()]
     return sorted(names, key=lambda name: name != MAIN_DOCK)
 
 
