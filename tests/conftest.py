@@ -33,3 +33,10 @@ def umap_runner():
     runner.warm_up()
     yield runner
     runner.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path_factory, monkeypatch):
+    """Files of images without a file of their own (annotations, saved cells) go to a folder of the
+    test's, never the user's home: no test restores what another test (or the user) saved."""
+    monkeypatch.setenv("NAPARI_DINOLOC_HOME", str(tmp_path_factory.mktemp("home")))

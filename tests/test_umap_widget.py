@@ -136,10 +136,36 @@ def colour_of_point(dock, row: int) -> str:
     return to_hex(dock.points.get_facecolors()[drawn])
 
 
-def test_new_embeddings_clear_the_plot(dock):
+def test_new_embeddings_of_other_cells_clear_the_plot(dock):
+    old = dock.state.session.embeddings
+    dock.state.session.embeddings = Embeddings(old.labels[:-1].copy(), old.vectors[:-1].copy(), old.signature)
     dock.state.embeddings_changed.emit()
     assert len(dock.points.get_offsets()) == 0
     assert dock.figure.legends == []
+    dock.state.session.embeddings = None  # cells cleared (a new image or segmentation)
+    dock.show_layout(CELLS, grid_layout(len(CELLS)))
+    dock.state.embeddings_changed.emit()
+    assert len(dock.points.get_offsets()) == 0
+
+
+def test_new_embeddings_of_the_same_cells_keep_the_plot_while_it_updates(dock, qtbot, runner):
+    """A re-embed (another model) keeps the old layout, marked updating, and lays the cells out again."""
+    from napari_dinoloc.widgets.umap_panel import UPDATING
+
+    runner.warm_up().result(timeout=120)
+    old = dock.state.session.embeddings
+    order = np.arange(len(CELLS))[::-1]  # the same cells in another order
+    vectors = np.random.default_rng(1).normal(size=(len(CELLS), 8)).astype(np.float32)
+    dock.state.session.embeddings = Embeddings(old.labels[order].copy(), vectors, {"backbone": "other"})
+    dock.state.embeddings_changed.emit()
+    assert len(dock.points.get_offsets()) == len(CELLS)  # the old plot stays
+    assert np.array_equal(dock.layout_xy, grid_layout(len(CELLS)))
+    assert dock.ax.get_title().endswith(UPDATING) and dock.busy
+    qtbot.waitUntil(lambda: not dock.busy and not dock.pending, timeout=60_000)
+    assert UPDATING not in dock.ax.get_title()
+    assert list(dock.cell_labels) == list(CELLS[order])
+    assert len(dock.points.get_offsets()) == len(CELLS) and not np.array_equal(dock.layout_xy, grid_layout(len(CELLS)))
+    assert np.isfinite(dock.layout_xy).all()
 
 
 def test_compute_umap_keeps_the_event_loop_responsive(dock, qtbot, runner):

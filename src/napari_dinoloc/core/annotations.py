@@ -311,15 +311,20 @@ def default_project_folder() -> Path:
 
 
 def store_path(content_hash: str, image_name: str = "image", image_path: Optional[str | Path] = None,
-               project_folder: Optional[str | Path] = None) -> Path:
+               project_folder: Optional[str | Path] = None, suffix: str = SUFFIX) -> Path:
     """``<image>.dinoloc.json`` next to an image file; else ``<name>-<hash12>.dinoloc.json`` in the
-    project folder (keyed by the pixels' hash, so the same image finds its annotations again)."""
+    project folder (keyed by the pixels' hash, so the same image finds its annotations again).
+    ``suffix``: other per-image files (the analysis store) follow the same convention."""
     if project_folder is None and image_path:
-        return Path(f"{image_path}{SUFFIX}")
+        return Path(f"{image_path}{suffix}")
     folder = Path(project_folder) if project_folder else default_project_folder()
     folder.mkdir(parents=True, exist_ok=True)
-    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", image_name or "image").strip("._") or "image"
-    return folder / f"{safe_name}-{content_hash[:12]}{SUFFIX}"
+    return folder / f"{safe_image_name(image_name)}-{content_hash[:12]}{suffix}"
+
+
+def safe_image_name(image_name: str) -> str:
+    """The image's name as a file name part (what ``store_path`` uses in a project folder)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_name or "image").strip("._") or "image"
 
 
 def _set_aside(path: Path, suffix: str) -> Path:

@@ -33,6 +33,11 @@ class DinolocState(QObject):
         self.project_folder: Optional[Path] = None  # where annotations go instead of next to the image
         self.image_layer_names: tuple[str, ...] = ()  # the layers the image was made of (for scale/translate)
         self.presenter = None         # _layers.LayerPresenter, made by the first main dock
+        self.cells_origin: dict = {}          # how the current cells were found (saved with them)
+        self.prediction_source: dict = {}     # where the current classifier came from (a model file)
+        from ._reopen import AnalysisKeeper
+
+        self.keeper = AnalysisKeeper(self)    # saves cells and predictions as they change, for reopening
 
     @property
     def viewer(self):
@@ -59,9 +64,11 @@ class DinolocState(QObject):
             signal.emit()
         return True
 
-    def use_labels(self, labels):
-        """New cells: everything downstream is cleared; saved annotations are mapped onto them."""
+    def use_labels(self, labels, origin: Optional[dict] = None):
+        """New cells: everything downstream is cleared; saved annotations are mapped onto them.
+        ``origin``: how they were found (segmentation settings, a label layer), saved with them."""
         self.session.set_labels(labels)
+        self.cells_origin = dict(origin or {})
         report = self.annotations.restore_onto(self.session.labels) if self.annotations is not None else None
         self.selected = []
         for signal in (self.cells_changed, self.embeddings_changed, self.predictions_changed, self.annotations_changed):
@@ -76,8 +83,15 @@ class DinolocState(QObject):
         if had_predictions or self.session.predictions is not None:
             self.predictions_changed.emit()
 
-    def use_head(self, head) -> None:
+    def use_head(self, head, source: Optional[dict] = None) -> None:
+        """``source``: where the classifier came from when not trained here (``{"bundle": path}``)."""
         self.session.set_head(head)
+        self.prediction_source = dict(source or {})
+        self.predictions_changed.emit()
+
+    def restore_predictions(self, predictions) -> None:
+        """Show predictions saved in an earlier session (no classifier or embeddings come with them)."""
+        self.session.predictions = predictions
         self.predictions_changed.emit()
 
     # ---- annotations ----------------------------------------------------------------------------

@@ -6,12 +6,14 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
 from ..core import defaults
+from ._docking import dock_as_tab
 from ._layers import LayerPresenter
+from ._reopen import offer_restores
 from ._state import state_for_viewer
 from ._workers import JobBar, JobRunner
 from .annotate_panel import AnnotatePanel
 from .finetune_panel import FinetunePanel
-from .image_panel import ImagePanel
+from .image_panel import ImagePanel, layer_image_name
 from .model_panel import ModelPanel
 from .patch_map_panel import PatchMapPanel
 from .predict_panel import BUNDLE, PredictPanel
@@ -42,6 +44,8 @@ class DinolocWidget(QWidget):
         self.pretrain_panel = PretrainPanel(self.state, self.runner, self.model_panel)
         self.patch_map_panel = PatchMapPanel(self.state, self.runner, self.model_panel)
         self._build()
+        offer_restores(self.image_panel, layer_image_name)  # an image analysed before comes back with its cells
+        dock_as_tab(self)  # beside the plugin's other docks, not stacked under them
         self.destroyed.connect(self.runner.close)  # a closed dock drops the result of its running job
 
     def _build(self) -> None:

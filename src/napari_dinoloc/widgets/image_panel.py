@@ -17,6 +17,7 @@ from ..core.stains import NUCLEUS, OTHER, PROTEIN, STAINS, conventional_stains
 from ..core.workflows.images import NOT_USED
 from ._layers import CELLS, DERIVED_LAYERS
 from .crops_input import choose_crop_stack, choose_crops
+from ._reopen import segmentation_origin
 from ._workers import notify_info, notify_warning, reports_errors
 
 SEPARATE_LAYERS = "Separate layers, one per stain"
@@ -312,8 +313,8 @@ class ImagePanel(QWidget):
         defaults = (main.metadata or {}).get("dinoloc_class_names", ())
         return image, (str(path) if path else None), [layer.name for layer in layers], list(defaults)
 
-    def apply_image(self) -> None:
-        image, path, layer_names, defaults = self.build_image()
+    def apply_image(self, built=None) -> None:  # built: what build_image gave already
+        image, path, layer_names, defaults = built or self.build_image()
         if self.state.use_image(image, path, layer_names, defaults):
             store = self.state.annotations
             for note in image.notes:
@@ -332,7 +333,7 @@ class ImagePanel(QWidget):
         self.runner.run(
             "Segmenting cells",
             lambda progress, cancel: session.find_cells(params, progress=progress, cancel=cancel),
-            lambda found: self._segmented(image, found),
+            lambda found: self._segmented(image, found, params),
         )
 
     def segmentation_params(self):
@@ -373,10 +374,10 @@ class ImagePanel(QWidget):
         notify_info(f"Preview: {int(found.cells.max())} cells in the window. " + " ".join(found.notes))
         return found
 
-    def _segmented(self, image, found) -> None:
+    def _segmented(self, image, found, params=None) -> None:
         for note in found.notes:
             (notify_warning if note.startswith("warning:") else notify_info)(note)
-        self._cells_found(image, found.cells)
+        self._cells_found(image, found.cells, segmentation_origin(params, found))
 
     @reports_errors("Using the label image")
     def use_labels_layer(self) -> None:
@@ -388,13 +389,13 @@ class ImagePanel(QWidget):
             raise DinolocError("There is no label image to use: segment the cells or open a label image first.")
         labels = np.asarray(layer.data)  # read first: a new image removes the old 'cells' layer
         self.apply_image()
-        self._cells_found(self.state.session.image, labels)
+        self._cells_found(self.state.session.image, labels, {"source": "label image", "layer": name})
 
-    def _cells_found(self, image, labels: np.ndarray) -> None:
+    def _cells_found(self, image, labels: np.ndarray, origin=None) -> None:
         if self.state.session.image is not image:
             notify_warning("The image changed while the cells were being found: segment again.")
             return
-        report = self.state.use_labels(labels)
+        report = self.state.use_labels(labels, origin)
         text = f"{len(self.state.session.table)} cells in {image.name}."
         if report is not None and (report.restored or report.lost or report.merged):
             text += " " + report.message()

@@ -244,7 +244,7 @@ class PredictPanel(QWidget):
 
         basis = {"kind": BUNDLE, "path": path}
         return self.runner.run("Predicting with the saved model", work,
-                               lambda result: self._use_bundle(labels, basis, *result), on_error=self._failed)
+                               lambda result: self._use_bundle(labels, basis, *result, path=path), on_error=self._failed)
 
     def _use_head(self, embeddings, head, counts: dict, basis: dict) -> None:
         if self.state.session.embeddings is not embeddings:
@@ -255,7 +255,7 @@ class PredictPanel(QWidget):
         self.state.use_head(head)
         self._warn_if_unfamiliar()
 
-    def _use_bundle(self, labels, basis: dict, backbone, embeddings, bundle) -> None:
+    def _use_bundle(self, labels, basis: dict, backbone, embeddings, bundle, path: str = "") -> None:
         if self.state.session.labels is not labels:
             notify_info("The cells changed while the model was applied: predict again.")
             return
@@ -263,7 +263,7 @@ class PredictPanel(QWidget):
         if embeddings is not None:
             self.state.use_embeddings(backbone, embeddings)
         self._head_counts = dict(bundle.class_counts)
-        self.state.use_head(bundle.head)
+        self.state.use_head(bundle.head, source={"bundle": path} if path else None)  # saved: stale if the file changes
         self._warn_if_unfamiliar()
 
     def _warn_if_unfamiliar(self) -> None:

