@@ -84,7 +84,9 @@ def test_unfamiliar_cells_are_marked_and_most_of_them_warn(make_napari_viewer, q
     # A head whose training cells lie elsewhere: every cell of this image is unfamiliar.
     far = head.familiarity.reference + 100.0
     head.familiarity = Familiarity(far, head.familiarity.threshold)
-    dock.predict_panel._use_head(state.session.embeddings, head, {})
+    basis = {"kind": dock.predict_panel.head.currentData(), "annotations": dict(state.annotations.annotations),
+             "embeddings": state.session.embeddings}
+    dock.predict_panel._use_head(state.session.embeddings, head, {}, basis)
     predictions = state.session.predictions
     assert predictions.unfamiliar.all()
     points = find_points(viewer, UNFAMILIAR)
@@ -95,6 +97,8 @@ def test_unfamiliar_cells_are_marked_and_most_of_them_warn(make_napari_viewer, q
     assert viewer.layers.selection.active is find_layer(viewer, CELLS)  # hovering still names the cell
 
     head.familiarity = None  # a model saved before the flag: no marks
-    dock.predict_panel._use_head(state.session.embeddings, head, {})
+    basis = {"kind": dock.predict_panel.head.currentData(), "annotations": dict(state.annotations.annotations),
+             "embeddings": state.session.embeddings}
+    dock.predict_panel._use_head(state.session.embeddings, head, {}, basis)
     assert find_points(viewer, UNFAMILIAR) is None
     assert "saved before" in dock.predict_panel.summary.text()
