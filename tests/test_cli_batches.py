@@ -195,25 +195,35 @@ def test_offline_hub_backbone_ends_at_once_in_one_line(kit, tmp_path, monkeypatc
     assert seconds < 20 and not (tmp_path / "e.npz").exists()
 
 
-def test_offline_default_backbone_is_the_shipped_model(kit, tmp_path, monkeypatch, capsys):
+def test_offline_the_default_features_and_the_shipped_model_embed_without_retries(kit, tmp_path, monkeypatch, capsys):
+    from napari_dinoloc.core import defaults
+
     monkeypatch.setattr(network, "hub_reachable", lambda: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
-    code = main(["embed", *paths(kit, "field_000.tif"), "--labels", str(kit / "field_000_labels.tif"), *CHANNELS,
-                 "--out", str(tmp_path / "e.npz")])
-    err = capsys.readouterr().err
-    assert code == 0 and "No network" not in err and "retry" not in err.lower()
-    with np.load(tmp_path / "e.npz") as saved:
+    for name, out in ((None, "default.npz"), ("dinoloc-cells", "shipped.npz")):
+        given = ["--backbone", name] if name else []
+        code = main(["embed", *paths(kit, "field_000.tif"), "--labels", str(kit / "field_000_labels.tif"), *CHANNELS,
+                     *given, "--out", str(tmp_path / out)])
+        err = capsys.readouterr().err
+        assert code == 0 and "No network" not in err and "retry" not in err.lower()
+    with np.load(tmp_path / "shipped.npz") as saved:
         assert saved["vectors"].shape[1] == 192  # the width of dinoloc-cells
+    with np.load(tmp_path / "default.npz") as saved, np.load(tmp_path / "shipped.npz") as shipped:
+        assert defaults.FEATURES == "dinoloc-cells" or saved["vectors"].shape != shipped["vectors"].shape
 
 
-def test_offline_demo_runs_on_the_shipped_model(tmp_path, monkeypatch, capsys):
+def test_offline_demo_runs_on_the_default_features_or_the_shipped_model(tmp_path, monkeypatch, capsys):
+    from napari_dinoloc.core import defaults
+
     monkeypatch.setattr(network, "hub_reachable", lambda: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert main(["demo", "--headless", str(tmp_path / "demo"), "--size", "384"]) == 0
-    captured = capsys.readouterr()
-    assert "No network" not in captured.err and "random" not in captured.err
-    assert "backbone dinoloc-cells" in captured.out
-    assert (tmp_path / "demo" / "predictions.csv").is_file()
+    for name in (None, "dinoloc-cells"):
+        given = ["--backbone", name] if name else []
+        assert main(["demo", "--headless", str(tmp_path / "demo"), "--size", "384", *given]) == 0
+        captured = capsys.readouterr()
+        assert "No network" not in captured.err and "random" not in captured.err
+        assert f"backbone {name or defaults.FEATURES}" in captured.out
+        assert (tmp_path / "demo" / "predictions.csv").is_file()
 
 
 # ---- item 12: folders, progress -------------------------------------------------------------------------------

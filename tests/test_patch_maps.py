@@ -90,3 +90,12 @@ def test_dinoloc_patchmap_writes_aligned_tiffs(tmp_path, capsys):
     assert similar.shape == (256, 256) and similar[point[0], point[1]] == pytest.approx(1.0, abs=1e-5)
     assert "32x32 patches of 8.0 px" in capsys.readouterr().out
     assert main(["patchmap", *common, "--out", str(tmp_path / "x.tif"), "--similar-to=-50,3"]) == 2
+
+
+def test_the_classic_features_make_patch_maps_with_their_transformer():
+    from napari_dinoloc.core import defaults
+    from napari_dinoloc.core.classic.backbone import transformer_for
+
+    assert transformer_for("classic") == defaults.BACKBONE
+    assert transformer_for("dino-vits16+classic") == "dino-vits16"
+    assert transformer_for("dinoloc-cells") == "dinoloc-cells"

@@ -341,7 +341,11 @@ def cmd_patchmap(args) -> int:
     plan = preflight(args, outputs=[args.out])
     if len(plan.jobs) != 1:
         raise DinolocError(f"dinoloc patchmap makes the map of one image; {len(plan.jobs)} were given. Give one image.")
-    written = write_patch_map(plan.jobs[0], options(args), load_backbone(args), args.out, args.similar_to,
+    from ..core.backbones import load_backbone as load_transformer
+    from ..core.classic.backbone import transformer_for
+
+    transformer = load_transformer(transformer_for(args.backbone), weights=args.weights, device=args.device)
+    written = write_patch_map(plan.jobs[0], options(args), transformer, args.out, args.similar_to,
                               args.region, args.patches, progress=TextProgress())
     what = "PCA colours (R, G, B)" if written.kind == "pca" else "similarity to the patch at " + ",".join(
         f"{v:g}" for v in args.similar_to)

@@ -24,7 +24,7 @@ class PatchMapPanel(QWidget):
         self.click_similar = QCheckBox("Click a patch: show similar patches")
         self.click_similar.setToolTip("Cosine similarity of every patch of the map to the clicked one, as a heat map.")
         self.click_similar.toggled.connect(self._listen_to_clicks)
-        hint = QLabel("Uses the backbone and channel strategy of step 2.")
+        hint = QLabel("Uses the backbone and channel strategy of step 2 (for the classic features: dinoloc-cells).")
         hint.setStyleSheet("color: gray;")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -40,7 +40,10 @@ class PatchMapPanel(QWidget):
         session = self.state.session
         session.require_cells()
         panel = self.model_panel
-        name, weights, settings = panel.spec().name, panel.weights_path(), panel.settings()
+        from ..core.classic.backbone import transformer_for
+
+        # the classic features have no patches: their vision transformer (or the default one) makes the map
+        name, weights, settings = transformer_for(panel.spec().name), panel.weights_path(), panel.settings()
         image, labels = session.image, session.labels
         region = region if region is not None else self.visible_region()
 

@@ -26,6 +26,16 @@ def is_classic_name(name: str) -> bool:
     return name == CLASSIC or str(name).endswith(SUFFIX)
 
 
+def transformer_for(name: str) -> str:
+    """The vision transformer behind a feature choice, for what needs patches (patch maps): NAME for
+    ``NAME+classic``, the default backbone for ``classic`` alone, the name itself otherwise."""
+    from .. import defaults
+
+    if name == CLASSIC:
+        return defaults.BACKBONE
+    return name[: -len(SUFFIX)] if str(name).endswith(SUFFIX) else name
+
+
 def feature_choices() -> list[str]:
     """Every name ``--backbone`` takes: the backbones, ``classic``, and each backbone ``+classic``."""
     from ..backbones import BACKBONES

@@ -56,4 +56,5 @@ def refuse_classic(backbone) -> None:
         from ..errors import DinolocError
 
         raise DinolocError(f"The {backbone.name!r} features cannot be fine-tuned (the classic part has no weights): "
-                           "fine-tune a backbone (e.g. --backbone dino-vits16), or train a head on classic features with dinoloc train.")
+                           "fine-tune a vision transformer (dinoloc-cells, the shipped cell model, works offline: choose it in step 2 "
+                           "or give --backbone dinoloc-cells), or train a head on the classic features (Train and predict, dinoloc train).")
