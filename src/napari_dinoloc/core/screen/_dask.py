@@ -89,14 +89,16 @@ def dask_client(workers: Optional[int] = None, scheduler: Optional[str] = None):
 
     import dask
 
-    from ._threads import local_worker_environ
+    from ._threads import environ_restored, local_worker_environ
 
     # each worker's BLAS/OpenMP threads are its share of the cores, set before its process starts; no
     # statistical profiler (it samples the task thread's stack every 10 ms, measured ~8 % of a task here)
-    config = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in local_worker_environ(workers).items()}
+    environ = local_worker_environ(workers)
+    config = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}
     config["distributed.worker.profile.enabled"] = False
-    with dask.config.set(config):
-        cluster = LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-    with cluster, Client(cluster) as client:
-        yield client
+    with environ_restored(environ):  # again at the end: a restarted worker's nanny writes it once more
+        with dask.config.set(config), environ_restored(environ):
+            cluster = LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            yield client

@@ -9,6 +9,7 @@ fresh mmap (page faults on every allocation): embedding ran 3x slower than in th
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 _BLAS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -16,7 +17,7 @@ _BLAS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 def cpu_count() -> int:
     """Cores this process may use (affinity and container limits included, as Dask counts them)."""
     try:
-        from distributed.system import CPU_COUNT
+        from dask.system import CPU_COUNT
 
         return int(CPU_COUNT)
     except ImportError:  # pragma: no cover - the serial loop without dask
@@ -56,3 +57,18 @@ def use_worker_share() -> int | None:
     threads = share(on_host)
     torch.set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def environ_restored(names):
+    """Puts ``names`` back as they were on the way out: the nanny writes its pre-spawn environment into this
+    process's os.environ, and a value left there would win over the next cluster's share."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
