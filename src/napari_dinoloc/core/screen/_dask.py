@@ -6,6 +6,7 @@ embeddings stay in the shards the tasks write), so the client's memory does not 
 
 from __future__ import annotations
 
+import uuid
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
@@ -38,8 +39,10 @@ class DaskExecutor:
         from distributed import as_completed
 
         resources = {GPU: 1} if _wants_gpu(spec) else None
+        # a key of its own per submission: a resumed run reusing a just-cancelled task's key got it cancelled
+        attempt = uuid.uuid4().hex[:8]
         self._futures = [
-            self.client.submit(run_image, image, spec, shard, key=f"dinoloc-{image.key}-{spec.model_hash[:8]}",
+            self.client.submit(run_image, image, spec, shard, key=f"dinoloc-{image.key}-{spec.model_hash[:8]}-{attempt}",
                                retries=RETRIES, resources=resources, pure=False)
             for image, shard in tasks
         ]
