@@ -5,10 +5,12 @@
 
 Writes ``--fields`` synthetic fields (core.synthetic.make_field, TIFF) to ``--workdir``, then for each
 count in ``--counts`` runs ``dinoloc embed`` on that many of them, each mode in a fresh process:
-  plain     today's loop in one process (no Dask); OMP_NUM_THREADS=1 as a Dask worker has, so the
-            comparison is at equal workers and threads
-  dask-1    --workers 1: a LocalCluster of one worker process
-  dask-2    --workers 2
+  plain     today's loop in one process (no Dask): torch on all cores
+  dask-1    --workers 1: a LocalCluster of one worker process, torch on all cores (its share)
+  dask-2    --workers 2: two workers, torch on half the cores each
+Every mode runs with OMP_NUM_THREADS unset and OMP_WAIT_POLICY=PASSIVE (``--active-wait``: the OpenMP
+default): on a machine whose cores other jobs keep busy, OpenMP threads that spin at each barrier while
+their partner is descheduled made embedding 20x slower, in the plain loop as in a worker.
 and prints, per run: cells, wall seconds, cells/s over the whole command and over the steady part
 (first image done to last image done: imports and cluster start left out), the peak RSS of the client
 and of each worker process (psutil, sampled every 0.2 s), and Dask's overhead against the plain loop
@@ -67,13 +69,14 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
-def run_mode(mode: str, images: list[Path], out: Path, backbone: str) -> dict:
+def run_mode(mode: str, images: list[Path], out: Path, backbone: str, passive: bool = True) -> dict:
     cmd = [sys.executable, "-m", "napari_dinoloc.cli", "embed", *map(str, images), "--out", str(out),
            "--channels", "nucleus=0,protein=1", "--backbone", backbone, "--no-cache"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    if mode == "plain":
-        env["OMP_NUM_THREADS"] = "1"
-    else:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}  # the runner decides
+    env["PYTHONPATH"] = str(ROOT / "src")
+    if passive:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if mode != "plain":
         cmd += ["--workers", mode.split("-")[1]]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -110,6 +113,7 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[50, 200], help="images per run (memory flatness)")
     parser.add_argument("--modes", nargs="+", default=["plain", "dask-1", "dask-2"])
     parser.add_argument("--backbone", default="dinoloc-cells")
+    parser.add_argument("--active-wait", action="store_true", help="leave OMP_WAIT_POLICY to OpenMP's default")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "dinoloc-bench-screen")
     args = parser.parse_args()
     images = write_fields(args.workdir / f"fields_{args.size}", max(max(args.counts), args.fields), args.size)
@@ -120,7 +124,7 @@ def main() -> None:
             out = args.workdir / f"run_{count}_{mode}" / "embeddings.npz"
             subprocess.run(["rm", "-rf", str(out.parent)], check=True)
             out.parent.mkdir(parents=True)
-            r = run_mode(mode, images[:count], out, args.backbone)
+            r = run_mode(mode, images[:count], out, args.backbone, passive=not args.active_wait)
             results[(count, mode)] = r
             steady = f"{r['steady']:7.2f}" if r["steady"] else "      -"
             print(f"{count:>6} {mode:<7} {r['cells']:>6} {r['wall']:7.1f} {r['rate']:8.2f} {steady} {r['client_mb']:9.0f}  "

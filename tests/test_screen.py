@@ -98,6 +98,29 @@ class KillingExecutor(screen.DaskExecutor):
             yield result
 
 
+def worker_threads():
+    """On a worker, as the first model load does: set torch's threads to the worker's share; what torch uses."""
+    import torch
+
+    from napari_dinoloc.core.screen._threads import use_worker_share
+
+    return use_worker_share(), torch.get_num_threads(), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_each_worker_runs_torch_on_its_share_of_the_cores(client):
+    """Not Dask's one thread per worker: cores // workers (one worker on 2 cores: 2 threads), and no
+    MALLOC_TRIM_THRESHOLD_ (it made every large tensor a fresh mmap, 3x slower)."""
+    import torch
+    from dask.system import CPU_COUNT
+
+    both = [client.submit(worker_threads, workers=[address], pure=False).result() for address in client.run(os.getpid)]
+    assert both == [(max(1, CPU_COUNT // 2), max(1, CPU_COUNT // 2), None)] * 2
+    with screen.dask_client(workers=1) as one:
+        assert one.submit(worker_threads, pure=False).result() == (CPU_COUNT, CPU_COUNT, None)
+        assert list(one.run(torch.get_num_threads).values()) == [CPU_COUNT]
+        assert list(one.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == [str(CPU_COUNT)]
+
+
 def test_a_killed_worker_is_retried_and_every_cell_appears_once(fields, model, plain_csv, client, tmp_path):
     executor = KillingExecutor(client)
     result = run(fields, model, tmp_path / "killed.csv", executor)

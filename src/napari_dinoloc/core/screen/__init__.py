@@ -3,7 +3,7 @@ their outputs for other tools (Parquet, Zarr, AnnData) and per-well profiles.
 
 ``_inputs``: the images (CSV manifest with metadata, folders walked, files); ``_run``: the run folder,
 its manifest and shards; ``_tasks``: one image on a worker (model loaded once per worker); ``_dask``:
-where tasks run; ``_runner``: computing the missing shards; ``_merge``: the merged CSV / .npz and
+where tasks run; ``_threads``: a worker's share of the cores; ``_runner``: computing the missing shards; ``_merge``: the merged CSV / .npz and
 ``merge_run`` (everything in memory, for other output formats); ``_plan``: all of it from the choices.
 ``outputs.py`` writes and reads the per-cell table and embeddings as Parquet, Zarr and ``.h5ad``;
 ``profiles.py`` summarises cells per well or image, corrected on control wells. dask, pandas, pyarrow,

@@ -6,6 +6,7 @@ embeddings stay in the shards the tasks write), so the client's memory does not 
 
 from __future__ import annotations
 
+import uuid
 from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
@@ -38,8 +39,10 @@ class DaskExecutor:
         from distributed import as_completed
 
         resources = {GPU: 1} if _wants_gpu(spec) else None
+        # a key of its own per submission: a resumed run reusing a just-cancelled task's key got it cancelled
+        attempt = uuid.uuid4().hex[:8]
         self._futures = [
-            self.client.submit(run_image, image, spec, shard, key=f"dinoloc-{image.key}-{spec.model_hash[:8]}",
+            self.client.submit(run_image, image, spec, shard, key=f"dinoloc-{image.key}-{spec.model_hash[:8]}-{attempt}",
                                retries=RETRIES, resources=resources, pure=False)
             for image, shard in tasks
         ]
@@ -62,7 +65,7 @@ def _wants_gpu(spec: TaskSpec) -> bool:
 @contextmanager
 def executor_for(workers: Optional[int] = None, scheduler: Optional[str] = None) -> Iterator:
     """``scheduler``: an existing cluster's address; ``workers``: a LocalCluster of that many processes
-    (one thread each); neither: the serial executor."""
+    (one task thread each, torch on its share of the cores: ``_threads``); neither: the serial executor."""
     if not scheduler and workers is None:
         yield SerialExecutor()
         return
@@ -87,7 +90,18 @@ def dask_client(workers: Optional[int] = None, scheduler: Optional[str] = None):
         return
     import logging
 
-    cluster = LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None,
-                           silence_logs=logging.ERROR)
-    with cluster, Client(cluster) as client:
-        yield client
+    import dask
+
+    from ._threads import environ_restored, local_worker_environ
+
+    # each worker's BLAS/OpenMP threads are its share of the cores, set before its process starts; no
+    # statistical profiler (it samples the task thread's stack every 10 ms, measured ~8 % of a task here)
+    environ = local_worker_environ(workers)
+    config = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in environ.items()}
+    config["distributed.worker.profile.enabled"] = False
+    with environ_restored(environ):  # again at the end: a restarted worker's nanny writes it once more
+        with dask.config.set(config), environ_restored(environ):
+            cluster = LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            yield client

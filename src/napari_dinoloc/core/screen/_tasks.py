@@ -68,6 +68,9 @@ def loaded_model(spec: TaskSpec):
 
 def _load(spec: TaskSpec):
     from ..classic import load_features
+    from ._threads import use_worker_share
+
+    use_worker_share()  # on a Dask worker: torch on this worker's share of the cores
 
     if spec.command == PREDICT:
         from ..workflows.predicting import model_from_bundle
