@@ -38,7 +38,7 @@ def main() -> None:
 
     image = load_cell_image(find_hpa_groups([FIELD])[0])
     viewer = napari.Viewer(show=True, title="napari-dinoloc: patch feature map")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1600, 1000)  # as docs/make_screenshots.py, which also makes this picture
     colours = {"microtubules": "red", "protein": "green", "nucleus": "blue", "er": "yellow"}
     for channel, stain in zip(image.data, image.stains):
         viewer.add_image(channel, name=stain, colormap=colours[stain], blending="additive")

@@ -30,3 +30,16 @@ def test_written_beside_the_cells_csv(tmp_path):
         written = list(csv.DictReader(handle))
     assert list(written[0]) == summary_columns(["x", "y"])
     assert [(r["image"], r["cells"], r["n_y"], r["fraction_y"]) for r in written] == [("one", "4", "3", "0.75")]
+
+
+def test_the_summary_row_is_not_hidden_by_the_scroll_bar(qtbot):
+    from napari_dinoloc.widgets.image_summary import SummaryTable
+
+    names = [f"class_{i}" for i in range(12)]
+    table = SummaryTable()
+    qtbot.addWidget(table)
+    table.setFixedWidth(300)  # many classes in a narrow dock: the table scrolls sideways
+    table.show_rows(summarise(rows("synthetic-0", names), names), names)
+    qtbot.waitExposed(table)
+    assert table.horizontalScrollBar().isVisible()
+    assert table.viewport().height() >= table.rowHeight(0)  # the image's row is shown whole

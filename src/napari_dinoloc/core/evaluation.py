@@ -331,7 +331,8 @@ def draw_confusion(figure, evaluation: Evaluation, colours: Mapping[str, str] = 
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     how = f"{evaluation.folds}-fold cross-validated, " if evaluation.folds else ""
-    axes.set_title(f"macro F1 {evaluation.macro_f1:.3f} ({how}{evaluation.n_cells} cells)", fontsize=9)
+    # two lines: one line is wider than the matrix in a dock-wide figure, and would be cut
+    axes.set_title(f"macro F1 {evaluation.macro_f1:.3f}\n({how}{evaluation.n_cells} cells)", fontsize=9)
     _style(figure, axes, colours)
     bar = figure.colorbar(image, ax=axes)
     bar.set_label("share of the true class", color=colours["text"])

@@ -47,7 +47,9 @@ class SummaryTable(QTableWidget):
                 if c:
                     item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
                 self.setItem(r, c, item)
-        self.setFixedHeight(self.horizontalHeader().sizeHint().height() + self.ROW_HEIGHT * min(len(rows), 8) + 4)
+        # room for the horizontal scroll bar too: with many classes it would hide the last row
+        self.setFixedHeight(self.horizontalHeader().sizeHint().height() + self.ROW_HEIGHT * min(len(rows), 8) + 4
+                            + self.horizontalScrollBar().sizeHint().height())
         self.setVisible(bool(rows))
 
 
