@@ -129,7 +129,7 @@ def build_viewer(args):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny backbone, small field, no thread comparison")
-    parser.add_argument("--gallery-only", action="store_true", help="only the idle baseline and the Cell gallery")
+    parser.add_argument("--gallery-only", action="store_true", help="only the idle baseline, the Cell gallery and reopening")
     args = parser.parse_args()
     args.size = 512 if args.quick else 1024
     args.backbone = "random-tiny" if args.quick else "random"
@@ -142,6 +142,7 @@ def main() -> int:
     measure_idle(results)
     if args.gallery_only:
         measure_gallery(results, state, gallery)
+        measure_reopen(results, viewer, main_dock, state, field)
         viewer.close()
         print_table(results)
         return 0
@@ -156,9 +157,42 @@ def main() -> int:
         measure(results, "UMAP, warm worker (3000 cells)", umap_dock.compute, lambda: not umap_dock.busy)
         thread_comparison(results, main_dock.runner, many.vectors)
     measure_gallery(results, state, gallery)
+    measure_reopen(results, viewer, main_dock, state, field)
     viewer.close()
     print_table(results)
     return 0
+
+
+def measure_reopen(results: list, viewer, main_dock, state, field) -> None:
+    """Reopening an analysed image: every layer is closed and the field's layers opened again; its cells and
+    predictions come back from the analysis store (no segmentation) while the event loop is watched."""
+    import numpy as np
+    from napari.layers import Image
+
+    from napari_dinoloc.core.heads import Predictions
+    from napari_dinoloc.widgets._layers import CELLS, find_layer
+
+    main_dock.image_panel.apply_image()  # the image the field's layers make: the one the store keys on
+    state.use_labels(field.labels)  # saved as they change (widgets/_reopen.py)
+    labels, names = state.session.table.label, state.annotations.class_names
+    probabilities = np.random.default_rng(1).dirichlet(np.ones(len(names)), size=len(labels)).astype(np.float32)
+    state.session.predictions = Predictions(labels.copy(), tuple(names), probabilities)
+    state.predictions_changed.emit()
+    saved = [(layer.data, layer.name, layer.colormap.name, layer.blending)
+             for layer in viewer.layers if isinstance(layer, Image)]
+
+    def start():
+        viewer.layers.clear()
+        for data, name, colormap, blending in saved:
+            viewer.add_image(data, name=name, colormap=colormap, blending=blending)
+
+    def restored() -> bool:
+        cells = find_layer(viewer, CELLS)
+        return (cells is not None and state.session.predictions is not None
+                and len(state.session.predictions.labels) == len(labels))
+
+    measure(results, f"reopen: {len(labels)} cells and their predictions restored (no segmentation)", start,
+            restored, timeout=120)
 
 
 def measure_idle(results: list) -> None:
