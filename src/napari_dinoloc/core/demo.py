@@ -113,13 +113,14 @@ def write_prediction_picture(path, session) -> Path:
     from skimage.segmentation import find_boundaries
 
     from .files import atomic_write
+    from .palette import class_colour
 
     predictions = session.predictions
     class_map = np.zeros(int(session.labels.max()) + 1, dtype=np.int32)
     class_map[predictions.labels] = predictions.predicted + 1
     class_image = class_map[session.labels]
-    colours = plt.get_cmap("tab10" if len(predictions.class_names) <= 10 else "tab20").colors
-    cmap = ListedColormap([(0, 0, 0), *colours[: len(predictions.class_names)]])
+    # the window's class palette: no channel hue, no grey (grey reads as "no class")
+    cmap = ListedColormap(["#000000", *(class_colour(i) for i in range(len(predictions.class_names)))])
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 6.5), facecolor="black")
     left.imshow(_composite(session.image))
     right.imshow(class_image, cmap=cmap, vmin=0, vmax=len(cmap.colors) - 1, interpolation="nearest")
