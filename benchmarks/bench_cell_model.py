@@ -60,7 +60,7 @@ def accuracy(cells, models: dict, folds: int, say, repeats: int = 1) -> dict:
     sets = {}
     for name, backbone in models.items():
         start = time.perf_counter()
-        if hasattr(backbone, "scaler"):  # a combined extractor: fit its scaler afresh on this set's first image
+        if getattr(backbone, "is_classic", False):  # combined features: fit their scaler afresh on this set's first image
             backbone = ClassicBackbone(backbone.deep)
         sets[name] = deep_vectors(cells, backbone)
         say(f"  {name}: {sets[name].shape[1]} dims, {time.perf_counter() - start:.1f} s")

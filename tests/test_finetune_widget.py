@@ -54,6 +54,13 @@ def true_classes(viewer, n_classes=3, per_class=3):
     return dict(chosen[:n_classes])
 
 
+def annotate_true_classes(viewer, state, n_classes=3, per_class=3):
+    """Annotate cells of each true class through the state (no clicks: the tests of fine-tuning and the report)."""
+    for name, labels in true_classes(viewer, n_classes, per_class).items():
+        for label in labels:
+            state.annotate(int(label), name)
+
+
 def annotate_by_clicking(viewer, dock, groups):
     """As a user does: a number key picks the class, a click on the cell gives it that class."""
     state, cells = dock.state, find_layer(viewer, CELLS)
@@ -155,9 +162,7 @@ def test_divergence_stops_with_a_warning_and_cancel_keeps_the_last_run(make_napa
     viewer, dock = open_dock(make_napari_viewer)
     state, panel = dock.state, dock.finetune_panel
     embed(qtbot, dock)
-    for name, labels in true_classes(viewer, 3, 3).items():
-        for label in labels:
-            state.annotate(int(label), name)
+    annotate_true_classes(viewer, state)
 
     # A learning rate far too large: the run stops early, warns, and is not offered for use.
     panel.choose("last-blocks", blocks=1, epochs=30, lr=1.0)
@@ -192,9 +197,7 @@ def test_head_only_hides_epochs_and_rate_and_plots_its_held_out_curve(make_napar
     viewer, dock = open_dock(make_napari_viewer)
     state, panel = dock.state, dock.finetune_panel
     embed(qtbot, dock)
-    for name, labels in true_classes(viewer, 3, 3).items():
-        for label in labels:
-            state.annotate(int(label), name)
+    annotate_true_classes(viewer, state)
     panel.choose("head")
     assert all(control.isHidden() for control in (panel.epochs, panel.lr, panel.blocks))
     panel.start_button.click()
@@ -214,9 +217,7 @@ def test_report_header_tables_and_figures_agree_and_follow_the_theme(make_napari
     viewer, dock = open_dock(make_napari_viewer)
     state, report = dock.state, dock.report_panel
     embed(qtbot, dock)
-    for name, labels in true_classes(viewer, 3, 3).items():
-        for label in labels:
-            state.annotate(int(label), name)
+    annotate_true_classes(viewer, state)
     viewer.theme = "dark"
     report.folds.setValue(5)  # 3 cells per class: the folds are reduced to 3, and the report says so everywhere
     report.evaluate_button.click()

@@ -52,23 +52,12 @@ def cmd_screen(args, command: str, run_options, given_backbone, store, extra=Non
         note(line)
     say(f"dinoloc: {len(summary.computed)} image(s) computed, {len(summary.reused)} reused from {result.run.folder}")
     print(f"{result.path}: {result.cells} cells")
-    if command == screen.PREDICT:
-        path, images = per_image_summary(result.path, class_names)
-        print(f"{path}: {images} images (class counts and fractions per image)")
+    if result.summary_path is not None:
+        print(f"{result.summary_path}: {len(result.images)} images (class counts and fractions per image)")
     if extra is not None and extra.asked:
         for path in merged_outputs(result, extra, spec):
             print(f"{path}: {result.cells} cells")
     return report_skips(screen.skips_of(summary))
-
-
-def per_image_summary(cells_csv, class_names) -> tuple[Path, int]:
-    """The per-image summary beside the merged per-cell CSV, as the one-process ``dinoloc predict`` writes it."""
-    from ..core.image_summary import ImageSummary, summary_path_for
-    from ..core.table import read_table
-
-    summary = ImageSummary(class_names)
-    summary.add_rows(read_table(cells_csv))
-    return summary.write(summary_path_for(cells_csv)), len(summary.rows())
 
 
 def merged_outputs(result, extra, spec) -> list:

@@ -57,8 +57,9 @@ def iter_rows(run: ScreenRun, keys: Sequence[str]) -> Iterator[list[dict]]:
         yield [{**row, **metadata[key]} for row in rows]
 
 
-def write_csv(run: ScreenRun, out, class_names: Sequence[str]) -> int:
-    """The per-cell CSV as ``dinoloc predict`` writes it (metadata columns last); returns the cell count."""
+def write_csv(run: ScreenRun, out, class_names: Sequence[str], per_image=None) -> int:
+    """The per-cell CSV as ``dinoloc predict`` writes it (metadata columns last); returns the cell count.
+    ``per_image`` (a ``core.image_summary.ImageSummary``) counts the rows as they stream by."""
     from ..table import CsvTableWriter
 
     keys = check_complete(run)
@@ -68,6 +69,8 @@ def write_csv(run: ScreenRun, out, class_names: Sequence[str]) -> int:
     with writer:
         for rows in iter_rows(run, keys):
             writer.write_rows(rows)
+            if per_image is not None:
+                per_image.add_rows(rows)
             count += len(rows)
     return count
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +27,8 @@ class ScreenResult:
     cells: int
     summary: RunSummary
     run: ScreenRun
+    summary_path: Optional[Path] = None  # predict: the per-image summary CSV beside the per-cell one
+    images: list = field(default_factory=list)  # its rows, as dinoloc predict's one-process batch gives them
 
 
 def run_settings(options) -> dict:
@@ -72,11 +74,13 @@ def screen(inputs, spec: TaskSpec, out, *, class_names=(), workers: Optional[int
     skipped = skips_of(summary)
     if skipped and len(skipped) == len(run.keys):
         raise skipped.nothing_left(len(run.keys))
-    if spec.command == PREDICT:
-        cells = write_csv(run, out, class_names)
-    else:
-        cells = write_npz(run, out)
-    return ScreenResult(Path(out), cells, summary, run)
+    if spec.command != PREDICT:
+        return ScreenResult(Path(out), write_npz(run, out), summary, run)
+    from ..image_summary import ImageSummary, summary_path_for
+
+    per_image = ImageSummary(class_names)
+    cells = write_csv(run, out, class_names, per_image)
+    return ScreenResult(Path(out), cells, summary, run, per_image.write(summary_path_for(out)), per_image.rows())
 
 
 def skips_of(summary: RunSummary):
