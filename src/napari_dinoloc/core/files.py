@@ -19,8 +19,11 @@ STALE_SECONDS = 3600  # a temporary file this old, or whose writer is gone, is a
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+def atomic_write(path: str | Path, mode: str = "w", *, sync: bool = True, **open_kwargs) -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and rename it into place on success.
+
+    ``sync=False`` skips the fsync before the rename: only for files whose damage is detected on reading
+    (a screen's shards, checked against their checksum and computed anew), where it cost ~25 ms per file.
 
     On any error the temporary file is removed and ``path`` keeps its previous content. The file gets
     the permissions the user's umask gives new files (as any program's output), and temporary files
@@ -38,7 +41,8 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
