@@ -61,12 +61,9 @@ def cmd_screen(args, command: str, run_options, given_backbone, store, extra=Non
 
 
 def merged_outputs(result, extra, spec) -> list:
-    """Parquet / Zarr / AnnData of the merged run (the whole run in memory: the client's one big step)."""
-    from ..core.screen import cell_frame, merge_run
-    from ..core.workflows import cell_outputs
+    """Parquet / Zarr / AnnData of the merged run, written one image (shard) at a time: the client never
+    holds the whole run (``core.screen.write_run_outputs``)."""
+    from ..core.screen import write_run_outputs
 
-    merged = merge_run(result.run)
     card = {"command": spec.command, "backbone": spec.backbone, "model": str(spec.model_path or "")}
-    about = cell_outputs.run_description(card, merged.signatures)
-    table = cell_frame(merged.table)
-    return cell_outputs.write_extra_outputs(table, merged.embeddings, extra, about)
+    return write_run_outputs(result.run, extra, card)

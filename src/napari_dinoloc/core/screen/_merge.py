@@ -2,8 +2,8 @@
 (same columns and order, the manifest's metadata columns after them) and the embeddings ``.npz`` of
 ``dinoloc embed``. Both are streamed shard by shard, so merging holds one image's cells at a time.
 
-``merge_run`` is the in-memory hook for other outputs (Parquet, Zarr, AnnData, profiles): the whole
-table as a pandas DataFrame and the embeddings as one array."""
+``merge_run`` is the whole run in memory (the table as a pandas DataFrame, the embeddings as one array)
+for scripts on runs that fit; the command line's Parquet, Zarr and AnnData stream instead (``_stream``)."""
 
 from __future__ import annotations
 

@@ -248,22 +248,21 @@ def write_embeddings_zarr(embeddings: np.ndarray, cell_index, path, attrs: dict,
     columns.update({c: index[c] for c in PLACE_COLUMNS if c in index.columns})
     with replaced_folder(path) as folder:
         group = zarr.open_group(str(folder), mode="w")
-        _zarr_array(group, "embeddings", vectors, (rows, vectors.shape[1]))
-        for name, values in columns.items():
-            _zarr_array(group, name, values.to_numpy(), (rows,))
+        for name, values in {"embeddings": vectors, **{k: v.to_numpy() for k, v in columns.items()}}.items():
+            array = zarr_array(group, name, values, values.shape, (rows, *values.shape[1:]))
+            if len(values):
+                array[:] = values.astype(object) if values.dtype == object or values.dtype.kind in "US" else values
         group.attrs.update(json_safe({"format": "napari-dinoloc embeddings", "cells": len(vectors),
                                       "dim": int(vectors.shape[1]), **attrs}))
     return Path(path)
 
 
-def _zarr_array(group, name: str, values: np.ndarray, chunks: tuple) -> None:
+def zarr_array(group, name: str, values: np.ndarray, shape: tuple, chunks: tuple):
+    """An empty array of ``shape`` for values like ``values`` (text: variable-length UTF-8), to be filled."""
     text = values.dtype == object or values.dtype.kind in "US"
-    if hasattr(group, "create_array"):  # zarr 3: variable-length UTF-8 text
-        array = group.create_array(name, shape=values.shape, dtype=str if text else values.dtype, chunks=chunks)
-        if len(values):
-            array[:] = values.astype(object) if text else values
-    else:  # zarr 2
-        group.create_dataset(name, data=values.astype(str) if text else values, chunks=chunks)
+    if hasattr(group, "create_array"):  # zarr 3
+        return group.create_array(name, shape=shape, dtype=str if text else values.dtype, chunks=chunks)
+    return group.create_dataset(name, shape=shape, dtype=str if text else values.dtype, chunks=chunks)  # zarr 2
 
 
 def _read_column(array) -> np.ndarray:
