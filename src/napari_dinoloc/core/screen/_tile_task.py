@@ -83,7 +83,7 @@ def tile_cells(task, image, options):
             found = segment(image, params)
         except NoCellsFound:
             return None
-        tell(options, (f"{image.name} (tile {tile.index}): {note}" for note in found.notes))
+        tell(options, (f"{image.name}: {note}" for note in found.notes))  # the same for every tile: said once
         labels = found.cells
         drop_border = not (options.segmentation and options.segmentation.keep_border_cells)
     owned = owned_cells(labels, tile, tuple(plan["shape"]), drop_border)

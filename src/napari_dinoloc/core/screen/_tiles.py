@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import defaults
 from ..errors import DinolocError
 
-#: Tile side, in pixels, above which an image is cut (``--tile``; 0: never). 4096² with 4 stains as float32
-#: and the segmentation's working planes stay near 1 GB per worker.
-DEFAULT_TILE = 4096
+#: Tile side, in pixels, above which an image is cut (``--tile``; 0: never).
+DEFAULT_TILE = defaults.SCREEN_TILE
 #: Cell ids per tile: label = tile * TILE_LABELS + the cell's number in the tile.
 TILE_LABELS = 1_000_000
 
