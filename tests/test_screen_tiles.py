@@ -179,3 +179,11 @@ def test_predict_with_tile_counts_the_tiled_image_once_in_the_summary(field, mod
     with open(tmp_path / f"cells_{TILE}_per_image.csv", newline="") as handle:
         summary = list(csv.DictReader(handle))
     assert len(summary) == 1 and summary[0]["image"] == "big" and int(summary[0]["cells"]) == 92
+
+
+def test_tiles_run_on_a_dask_worker_as_in_one_process(field, tiled, tmp_path):
+    pytest.importorskip("distributed")
+    out = tmp_path / "dask.npz"
+    result = screen.screen(screen.screen_inputs([field]), embed_spec(), out, workers=1, tile=TILE)
+    assert len(result.summary.computed) == 9 and result.summary.workers and result.cells == len(tiled[2])
+    assert np.array_equal(load_embeddings(out)["vectors"], load_embeddings(tiled[0].path)["vectors"])

@@ -97,9 +97,7 @@ def open_lazy(source, channel_axis: Optional[int] = None) -> LazyImage:
     if isinstance(source, (str, Path)):
         path = Path(source)
         grouped = len(hpa_siblings(path)) > 1 or (channel_axis is None and len(cell_painting_siblings(path)) > 1)
-        if not grouped:
-            return _open_file(path, channel_axis)
-        source = [path]  # read_image groups the siblings: read whole
+        return _whole(path, channel_axis) if grouped else _open_file(path, channel_axis)  # read_image groups them
     paths = [Path(p) for p in source]
     if len(paths) == 1:
         return _open_file(paths[0], channel_axis)
@@ -108,7 +106,7 @@ def open_lazy(source, channel_axis: Optional[int] = None) -> LazyImage:
         shapes = {f.shape for f in files}
         if all(f.lazy and f.n_channels == 1 for f in files) and len(shapes) == 1:
             notes = tuple(dict.fromkeys(n for f in files for n in f.notes))
-            return LazyImage(_ChannelFiles(files), "CYX", image_name(paths[0]), notes, None)
+            return LazyImage(_ChannelFiles(files), "CYX", _group_name(paths), notes, None)
     return _whole(paths, channel_axis)
 
 
@@ -138,6 +136,15 @@ def declared_shape(source, channel_axis: Optional[int] = None) -> tuple[int, int
             return int(image.size[1]), int(image.size[0])
     except Exception as exc:  # PIL refuses in many ways
         raise unreadable(first, exc) from exc
+
+
+def _group_name(paths: Sequence[Path]) -> str:
+    """As ``read_channel_files`` names a group: its HPA or Cell Painting id, else the first file's name."""
+    from ._cellpainting import cell_painting_id
+    from ._hpa import hpa_id
+
+    ids = {hpa_id(p) or cell_painting_id(p) for p in paths}
+    return ids.pop() if len(ids) == 1 and None not in ids else image_name(paths[0])
 
 
 def _whole(source, channel_axis) -> LazyImage:

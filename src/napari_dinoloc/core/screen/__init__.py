@@ -10,13 +10,13 @@ and shard each; ``_threads``: a worker's share of the cores; ``_runner``: comput
 ``profiles.py`` summarises cells per well or image, corrected on control wells. dask, pandas, pyarrow,
 zarr and anndata are imported inside the functions (``pip install napari-dinoloc[screen]``).
 """
-from ._dask import GPU, RETRIES, DaskExecutor, SerialExecutor, dask_client, executor_for
+from ._dask import GPU, RETRIES, DaskExecutor, SerialExecutor, dask_client, executor_for, run_task
 from ._inputs import ScreenImage, ScreenInputs, image_key, is_screen_input, read_manifest, screen_inputs, walk_folder
 from ._merge import MergedRun, check_complete, merge_run, write_csv, write_npz
 from ._plan import ScreenResult, model_hash, run_settings, screen, skips_of, task_spec
 from ._run import ScreenRun, read_shard, run_folder_for, write_shard
 from ._runner import RunSummary, run_screen
-from ._tasks import EMBED, PREDICT, ShardResult, TaskSpec, loaded_model, run_image, run_task
+from ._tasks import EMBED, PREDICT, ShardResult, TaskSpec, loaded_model, run_image
 from ._tile_plan import ImageTile, plan_tiles, tasks_of
 from ._tiles import DEFAULT_TILE, TILE_LABELS, Tile, overlap_for, owned_cells, tile_layout
 from .outputs import (

@@ -11,10 +11,18 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 from ..errors import DinolocError
-from ._tasks import ShardResult, TaskSpec, run_task
+from ._tasks import ShardResult, TaskSpec, run_image
+from ._tile_task import run_tile
 
 RETRIES = 2  # a task whose worker was killed runs again, twice at most
 GPU = "GPU"  # the worker resource a CUDA task asks for: start GPU workers with --resources GPU=1
+
+
+def run_task(task, spec: TaskSpec, shard: str) -> ShardResult:
+    """One task: a whole image (``ScreenImage``) or one tile of a very large one (``ImageTile``)."""
+    if hasattr(task, "tile"):
+        return run_tile(task, spec, shard)
+    return run_image(task, spec, shard)
 
 
 class SerialExecutor:

@@ -80,15 +80,6 @@ def _load(spec: TaskSpec):
     return load_features(spec.backbone, weights=spec.weights, device=spec.device), None
 
 
-def run_task(task, spec: TaskSpec, shard: str) -> ShardResult:
-    """One task: a whole image (``ScreenImage``) or one tile of a very large one (``ImageTile``)."""
-    if hasattr(task, "tile"):
-        from ._tile_task import run_tile
-
-        return run_tile(task, spec, shard)
-    return run_image(task, spec, shard)
-
-
 def run_image(image, spec: TaskSpec, shard: str) -> ShardResult:
     """Embed (and predict) one ``ScreenImage``; write its shard at ``shard``. An image that cannot be used
     comes back as skipped with the reason; any other error is raised (Dask retries the task)."""
