@@ -71,10 +71,10 @@ def plan_image(image: ScreenImage, options, tile: int, embed=None) -> Optional[d
             return None
         lazy = open_lazy(image.job.source, options.channel_axis)
         stains = resolve_stains(options.stains or lazy.default_stains or (), lazy.n_channels, lazy.name)
-    except DinolocError:
-        return None  # the ordinary task reads it and says what is wrong
-    limits = scaling_limits(lazy)
-    params, notes = measured_sizes(lazy, stains, limits, options.segmentation, image.job.labels is not None)
+        limits = scaling_limits(lazy)
+        params, notes = measured_sizes(lazy, stains, limits, options.segmentation, image.job.labels is not None)
+    except (DinolocError, OSError, ValueError):
+        return None  # unreadable, or stains to be named: the ordinary task reads it and says what is wrong
     overlap = overlap_for(params.cell_px, crop_reach(embed or options.embed, params.cell_px))
     tiles = tile_layout(lazy.shape, tile, overlap)
     notes.append(f"{lazy.name}: {lazy.shape[0]} × {lazy.shape[1]} px, cut into {len(tiles)} tiles of at most {tile} px "
