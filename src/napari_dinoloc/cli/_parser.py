@@ -38,12 +38,22 @@ def screen_options(parser) -> None:
                        help="run on a Dask cluster of N worker processes on this machine (default: one process, "
                             "no Dask); images may then also be a CSV manifest or folders")
     group.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster (tcp://host:8786)")
+    group.add_argument("--tile", type=non_negative_int, default=defaults.SCREEN_TILE, metavar="PIXELS", action=StoreGiven,
+                       help="cut images larger than PIXELS on a side into overlapping tiles, one task and shard each, "
+                            "cells in full-image coordinates and ids (0: never tile); given, it implies a screen run")
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive whole number")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or a positive whole number")
     return value
 
 

@@ -17,7 +17,8 @@ def wanted(args) -> bool:
 
     if getattr(args, "crops", False):
         return False
-    asked = getattr(args, "workers", None) is not None or getattr(args, "scheduler", None)
+    asked = (getattr(args, "workers", None) is not None or getattr(args, "scheduler", None)
+             or getattr(args, "tile_given", False))
     if asked or any(Path(p).suffix.lower() == ".csv" for p in args.images):
         return True
     return not getattr(args, "annotations", None) and any(is_screen_input(Path(p)) for p in args.images)
@@ -46,11 +47,13 @@ def cmd_screen(args, command: str, run_options, given_backbone, store, extra=Non
                             model_path=model, weights=args.weights, device=args.device,
                             cache_dir=store.root if store is not None else None)
     result = screen.screen(inputs, spec, args.out, class_names=class_names, workers=args.workers,
-                           scheduler=args.scheduler, progress=TextProgress(), fail_fast=args.fail_fast)
+                           scheduler=args.scheduler, progress=TextProgress(), fail_fast=args.fail_fast,
+                           tile=args.tile)
     summary = result.summary
     for line in dict.fromkeys(summary.notes):
         note(line)
-    say(f"dinoloc: {len(summary.computed)} image(s) computed, {len(summary.reused)} reused from {result.run.folder}")
+    tiles = " or tile(s)" if len(result.run.keys) > len(result.run.manifest["inputs"]) else ""
+    say(f"dinoloc: {len(summary.computed)} image(s){tiles} computed, {len(summary.reused)} reused from {result.run.folder}")
     print(f"{result.path}: {result.cells} cells")
     if result.summary_path is not None:
         print(f"{result.summary_path}: {len(result.images)} images (class counts and fractions per image)")

@@ -10,3 +10,6 @@ STRATEGY = "natural"  # each stain into the slot of the same stain (Isselmann et
 HEAD = "logistic"  # linear probe: deterministic, seconds to train
 EMBEDDING = "cls"  # pooled token: cls | cls+mean | mean
 FINETUNE_LEVEL = "last-blocks"
+# Screens cut images larger than this many pixels on a side into tiles, one task each (0: never): 4096²
+# with 4 stains as float32 and the segmentation's working planes stay near 1 GB per worker.
+SCREEN_TILE = 4096

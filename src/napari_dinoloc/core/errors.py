@@ -10,3 +10,7 @@ class Cancelled(DinolocError):
 
     def __init__(self, message: str = "Cancelled: nothing was written."):
         super().__init__(message)
+
+
+class NoCellsFound(DinolocError):
+    """Segmentation found no nuclei or no cells (an image is skipped; a tile of a large image simply has none)."""

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .cell_labels import CellTable, drop_border_cells, match_cells, prepare_labels, relabel, remove_small
-from .errors import DinolocError
+from .errors import DinolocError, NoCellsFound
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 from .sizes import CELL_PER_NUCLEUS, estimate_nucleus_diameter
 from .stains import ER, MICROTUBULES, NUCLEUS, PROTEIN
@@ -246,14 +246,14 @@ def nuclei_warnings(nuclei: np.ndarray, params: SegmentationParams) -> list[str]
     return []
 
 
-def no_cells_found(name: str, params: SegmentationParams, what: str, nucleus: np.ndarray | None = None) -> DinolocError:
+def no_cells_found(name: str, params: SegmentationParams, what: str, nucleus: np.ndarray | None = None) -> NoCellsFound:
     hint = ""
     if nucleus is not None and np.percentile(nucleus, 95) < 0.05:
         hint = " The nucleus channel is nearly dark: check that the right channel is assigned to the nucleus."
     elif nucleus is not None:
         hint = (" If the nucleus channel shows no clear nuclei, the channels may be swapped: check which channel is "
                 "the nucleus (e.g. --channels protein=1,nucleus=0).")
-    return DinolocError(
+    return NoCellsFound(
         f"No {what} found in {name} with a nucleus diameter of {params.nucleus_px:g} px and a cell "
         f"diameter of {params.cell_px:g} px. Measure a nucleus and a cell in the image (in pixels) and "
         "set those sizes (try half or double the current ones), or give a label image." + hint

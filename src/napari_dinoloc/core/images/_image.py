@@ -148,11 +148,27 @@ def scale_channels(array: np.ndarray) -> np.ndarray:
 
 def scale_by_percentiles(channel: np.ndarray) -> np.ndarray:
     channel = channel.astype(np.float32)
-    # A strided sample gives the same percentiles to a fraction of a grey level, much faster.
-    step = max(1, int(np.sqrt(channel.size / 1_000_000)))
-    low, high = np.percentile(channel[::step, ::step], SCALE_PERCENTILES)
+    low, high = percentile_limits(channel[sample_slices(channel.shape)])
     if high <= low:  # sparse signal: fewer than 0.1 % of pixels above the background
         high = float(channel.max())
+    return scale_with_limits(channel, low, high)
+
+
+def sample_slices(shape) -> tuple[slice, slice]:
+    """A strided sample of a (Y, X) plane: the same percentiles to a fraction of a grey level, much faster.
+    (A tiled screen image samples the whole plane the same way, so its tiles share one scaling.)"""
+    step = max(1, int(np.sqrt(int(shape[-2]) * int(shape[-1]) / 1_000_000)))
+    return slice(None, None, step), slice(None, None, step)
+
+
+def percentile_limits(sample: np.ndarray) -> tuple[float, float]:
+    """The grey levels that scale to 0 and 1 (``SCALE_PERCENTILES`` of the strided ``sample``)."""
+    low, high = np.percentile(np.asarray(sample, np.float32), SCALE_PERCENTILES)
+    return float(low), float(high)
+
+
+def scale_with_limits(channel: np.ndarray, low: float, high: float) -> np.ndarray:
+    channel = channel.astype(np.float32)
     if high <= low:
         return np.zeros_like(channel)
     scaled = (channel - np.float32(low)) / np.float32(high - low)

@@ -35,6 +35,11 @@ def is_vendor_file(path: Path) -> bool:
 
 def read_ome_zarr(path: Path, name: str) -> RawImage:
     """Level 0 of the first image of an OME-Zarr folder (local path or URL ome-zarr understands)."""
+    return _lazy_to_raw(*ome_zarr_level0(path), name, path)
+
+
+def ome_zarr_level0(path: Path):
+    """(lazy dask array of level 0, its axes letters, channel names or None); no pixel read."""
     try:
         from ome_zarr.io import parse_url
         from ome_zarr.reader import Reader
@@ -54,11 +59,16 @@ def read_ome_zarr(path: Path, name: str) -> RawImage:
     data = node.data[0]  # level 0: full resolution; other levels are never read
     if len(axes) != data.ndim:
         axes = {2: "YX", 3: "CYX", 4: "CZYX", 5: "TCZYX"}.get(data.ndim, "")
-    return _lazy_to_raw(data, axes, name, path, node.metadata.get("channel_names"))
+    return data, axes, node.metadata.get("channel_names")
 
 
 def read_vendor_file(path: Path, name: str) -> RawImage:
     """A CZI / ND2 / LIF ... file through bioio and its plugin for the format."""
+    return _lazy_to_raw(*vendor_data(path), name, path)
+
+
+def vendor_data(path: Path):
+    """(lazy dask array, "TCZYX", channel names) of a vendor file; no pixel read."""
     plugin = BIOIO_PLUGINS[path.suffix.lower()]
     try:
         from bioio import BioImage
@@ -71,13 +81,17 @@ def read_vendor_file(path: Path, name: str) -> RawImage:
             raise DinolocError(f"Reading {path.name} needs the bioio plugin for {path.suffix} files: "
                                f"pip install {plugin}.") from None
         raise DinolocError(f"Cannot read {path.name} ({type(exc).__name__}: {exc}).") from None
-    return _lazy_to_raw(image.dask_data, "TCZYX", name, path, list(image.channel_names or ()))
+    return image.dask_data, "TCZYX", list(image.channel_names or ())
 
 
-def _lazy_to_raw(data, axes: str, name: str, path: Path, channel_names) -> RawImage:
+def check_lazy_axes(axes: str, path: Path) -> None:
     if not axes or set(axes) - set("TCZYX") or "Y" not in axes or "X" not in axes:
         raise DinolocError(f"{path.name} has axes {axes or '?'}; napari-dinoloc reads images with Y and X axes "
                            "and optional C, Z, T.")
+
+
+def _lazy_to_raw(data, axes: str, channel_names, name: str, path: Path) -> RawImage:
+    check_lazy_axes(axes, path)
     check_fits_in_memory(data.shape, data.dtype, axes, path)
     notes = []
     for letter in "TZ":

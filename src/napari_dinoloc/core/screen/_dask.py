@@ -1,7 +1,7 @@
 """Where the tasks run: in this process one after another, or on a dask.distributed cluster
 (a LocalCluster of worker processes on this machine, or an existing scheduler's workers).
 
-On a cluster every image is one task, retried twice if its worker dies; results are small (the
+On a cluster every image (or tile of a very large image) is one task, retried twice if its worker dies; results are small (the
 embeddings stay in the shards the tasks write), so the client's memory does not grow with the images."""
 
 from __future__ import annotations
@@ -12,9 +12,17 @@ from typing import Iterator, Optional, Sequence
 
 from ..errors import DinolocError
 from ._tasks import ShardResult, TaskSpec, run_image
+from ._tile_task import run_tile
 
 RETRIES = 2  # a task whose worker was killed runs again, twice at most
 GPU = "GPU"  # the worker resource a CUDA task asks for: start GPU workers with --resources GPU=1
+
+
+def run_task(task, spec: TaskSpec, shard: str) -> ShardResult:
+    """One task: a whole image (``ScreenImage``) or one tile of a very large one (``ImageTile``)."""
+    if hasattr(task, "tile"):
+        return run_tile(task, spec, shard)
+    return run_image(task, spec, shard)
 
 
 class SerialExecutor:
@@ -22,14 +30,14 @@ class SerialExecutor:
 
     def results(self, tasks: Sequence, spec: TaskSpec) -> Iterator[ShardResult]:
         for image, shard in tasks:
-            yield run_image(image, spec, shard)
+            yield run_task(image, spec, shard)
 
     def cancel(self) -> None:
         pass
 
 
 class DaskExecutor:
-    """One task per image on a dask.distributed ``Client``, results as they complete."""
+    """One task per image (or tile) on a dask.distributed ``Client``, results as they complete."""
 
     def __init__(self, client):
         self.client = client
@@ -42,7 +50,7 @@ class DaskExecutor:
         # a key of its own per submission: a resumed run reusing a just-cancelled task's key got it cancelled
         attempt = uuid.uuid4().hex[:8]
         self._futures = [
-            self.client.submit(run_image, image, spec, shard, key=f"dinoloc-{image.key}-{spec.model_hash[:8]}-{attempt}",
+            self.client.submit(run_task, image, spec, shard, key=f"dinoloc-{image.key}-{spec.model_hash[:8]}-{attempt}",
                                retries=RETRIES, resources=resources, pure=False)
             for image, shard in tasks
         ]

@@ -26,7 +26,8 @@ class _ObsPlan:
 
     def __init__(self, cells):
         self.columns, self.text, self.types, self.finite, images = None, {}, {}, True, []
-        for _, frame, _ in cells.frames():
+        last_input = None
+        for (_, frame, _), source in zip(cells.frames(), cells.inputs):
             if self.columns is None:
                 self.columns = list(frame.columns)
                 self.classes = class_names(frame)
@@ -38,8 +39,10 @@ class _ObsPlan:
                     self.types[column] = np.result_type(self.types.get(column, values.dtype), values.dtype)
             probabilities = frame[[PROB_PREFIX + c for c in self.classes]].to_numpy(np.float64)
             self.finite = self.finite and bool(np.isfinite(probabilities).all())
-            images.append((str(frame["plate"].iloc[0]) if "plate" in frame.columns else None, frame["image"].iloc[0],
-                           int(frame["label"].iloc[0])))
+            if source != last_input:  # the tiles of one image are one image
+                images.append((str(frame["plate"].iloc[0]) if "plate" in frame.columns else None, frame["image"].iloc[0],
+                               int(frame["label"].iloc[0])))
+            last_input = source
         self.text = {c: sorted(v) for c, v in self.text.items()}
         self.by_plate = _name_prefix(images)
         if not self.classes or not self.finite:

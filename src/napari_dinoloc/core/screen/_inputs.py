@@ -30,12 +30,14 @@ class ScreenImage:
     key: str                                  # unique, file-name safe: names the image's shard
     job: ImageJob
     metadata: dict = field(default_factory=dict)
+    tiles: Optional[dict] = None              # a very large image's tile plan (``_tile_plan``); None: one task
 
     def describe(self) -> dict:
         """JSON-able: what the run manifest records of this input."""
         source = self.job.source
         paths = [str(p) for p in source] if isinstance(source, (list, tuple)) else str(source)
-        return {"key": self.key, "source": paths, "labels": str(self.job.labels or ""), "metadata": self.metadata}
+        item = {"key": self.key, "source": paths, "labels": str(self.job.labels or ""), "metadata": self.metadata}
+        return {**item, "tiles": self.tiles} if self.tiles else item
 
 
 @dataclass

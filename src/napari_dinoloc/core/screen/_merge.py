@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DinolocError
 from ..files import atomic_write
-from ._run import DONE, ScreenRun, read_shard
+from ._run import DONE, SKIPPED, ScreenRun, read_shard
 
 SHOWN = 8  # missing images named in the message
 
@@ -35,11 +35,14 @@ def check_complete(run: ScreenRun) -> list[str]:
         shown = ", ".join(missing[:SHOWN]) + (f" (and {len(missing) - SHOWN} more)" if len(missing) > SHOWN else "")
         raise DinolocError(f"The run in {run.folder} is not complete: {len(missing)} image(s) have no shard yet: "
                            f"{shown}. Run the same command again to compute them.")
-    return [key for key in run.keys if run.status(key).get("status") == DONE]
+    # an image with one tile skipped is skipped whole: half an image's cells would read as all of them
+    partial = {item["key"] for key, item in run.shards() if run.status(key).get("status") == SKIPPED}
+    return [key for key, item in run.shards() if run.status(key).get("status") == DONE and item["key"] not in partial]
 
 
 def _metadata(run: ScreenRun) -> dict:
-    return {item["key"]: item.get("metadata", {}) for item in run.manifest["inputs"]}
+    """Shard key -> the metadata of its image (every tile of a tiled image carries its image's)."""
+    return {key: item.get("metadata", {}) for key, item in run.shards()}
 
 
 def metadata_columns(run: ScreenRun) -> list[str]:
@@ -50,7 +53,7 @@ def metadata_columns(run: ScreenRun) -> list[str]:
 
 
 def iter_rows(run: ScreenRun, keys: Sequence[str]) -> Iterator[list[dict]]:
-    """Each image's per-cell rows, with its metadata, in input order."""
+    """Each shard's per-cell rows (an image's, or a tile's in image coordinates), with its metadata, in input order."""
     metadata = _metadata(run)
     for key in keys:
         rows = read_shard(run.shard_path(key), ("rows",))["rows"]
@@ -82,11 +85,12 @@ def write_npz(run: ScreenRun, out) -> int:
     cells = sum(int(s["cells"]) for s in shards)
     if not keys:
         raise DinolocError(f"The run in {run.folder} has no image with cells to write.")
-    widths = sorted({int(s["width"]) for s in shards})
+    widths = sorted({int(s["width"]) for s in shards if int(s["cells"])}) or [0]  # a tile without cells has none
     if len(widths) > 1:
         raise DinolocError(f"Embeddings of different sizes {widths} cannot share one file: use one backbone and strategy.")
     names = [s["image"] for s in shards]
-    signatures = [read_shard(run.shard_path(key), ("signature",))["signature"] for key in keys]
+    signatures = [read_shard(run.shard_path(key), ("signature",))["signature"] for key, s in zip(keys, shards)
+                  if int(s["cells"])]  # one per image, or per tile of a tiled image
     width = max((len(n) for n in names), default=1)
     with atomic_write(out, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
         _stream(archive, "image", np.dtype(f"<U{width}"), (cells,),
@@ -94,7 +98,7 @@ def write_npz(run: ScreenRun, out) -> int:
         _stream(archive, "label", np.dtype("<i8"), (cells,),
                 (read_shard(run.shard_path(k), ("label",))["label"] for k in keys))
         _stream(archive, "vectors", np.dtype("<f4"), (cells, widths[0]),
-                (read_shard(run.shard_path(k), ("vectors",))["vectors"] for k in keys))
+                (read_shard(run.shard_path(k), ("vectors",))["vectors"] for k, s in zip(keys, shards) if int(s["cells"])))
         with archive.open("signatures.npy", "w", force_zip64=True) as entry:
             np.lib.format.write_array(entry, np.array(json.dumps(signatures, default=str)), allow_pickle=False)
     return cells
@@ -122,6 +126,8 @@ def merge_run(run: ScreenRun) -> MergedRun:
     keys = check_complete(run)
     frames, vectors, signatures = [], [], []
     for key, rows in zip(keys, iter_rows(run, keys)):
+        if not rows:  # a tile with no cells of its own
+            continue
         shard = read_shard(run.shard_path(key), ("vectors", "signature"))
         frames.append(pd.DataFrame(rows))
         vectors.append(shard["vectors"])

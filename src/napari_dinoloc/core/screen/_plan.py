@@ -16,6 +16,8 @@ from ._merge import write_csv, write_npz
 from ._run import ScreenRun, run_folder_for
 from ._runner import RunSummary, run_screen
 from ._tasks import EMBED, PREDICT, TaskSpec
+from ._tile_plan import plan_tiles
+from ._tiles import DEFAULT_TILE
 
 #: Settings that change how fast, not what comes out: a resumed run may change them.
 NOT_IN_IDENTITY = ("batch_size", "notify")
@@ -60,10 +62,14 @@ def task_spec(command: str, options, *, backbone=None, model_path=None, weights=
 
 def screen(inputs, spec: TaskSpec, out, *, class_names=(), workers: Optional[int] = None,
            scheduler: Optional[str] = None, progress: Optional[ProgressCallback] = None,
-           cancel: Optional[CancelToken] = None, fail_fast: bool = False, executor=None) -> ScreenResult:
+           cancel: Optional[CancelToken] = None, fail_fast: bool = False, executor=None,
+           tile: Optional[int] = DEFAULT_TILE) -> ScreenResult:
     """Compute (or resume) the run of ``inputs`` (a ScreenInputs) beside ``out``, then write ``out``:
-    the per-cell CSV for predict, the embeddings .npz for embed. ``executor`` overrides workers/scheduler."""
+    the per-cell CSV for predict, the embeddings .npz for embed. ``executor`` overrides workers/scheduler.
+    Images larger than ``tile`` pixels on a side are cut into tiles, one task each (0 or None: never)."""
     settings = {**run_settings(spec.options), "class_names": list(class_names)}
+    if tile and plan_tiles(inputs.images, spec.options, tile, task_embed_settings(spec)):
+        settings["tile"] = tile  # only a run that cut images depends on it (earlier runs resume as before)
     run = ScreenRun.open(run_folder_for(out), spec.command, settings, spec.model_hash,
                          [image.describe() for image in inputs.images])
     if executor is not None:
@@ -72,8 +78,9 @@ def screen(inputs, spec: TaskSpec, out, *, class_names=(), workers: Optional[int
         with executor_for(workers, scheduler) as chosen:
             summary = run_screen(run, inputs.images, spec, chosen, progress, cancel, fail_fast)
     skipped = skips_of(summary)
-    if skipped and len(skipped) == len(run.keys):
-        raise skipped.nothing_left(len(run.keys))
+    images = len(run.manifest["inputs"])
+    if skipped and len(skipped) == images:
+        raise skipped.nothing_left(images)
     if spec.command != PREDICT:
         return ScreenResult(Path(out), write_npz(run, out), summary, run)
     from ..image_summary import ImageSummary, summary_path_for
@@ -81,6 +88,16 @@ def screen(inputs, spec: TaskSpec, out, *, class_names=(), workers: Optional[int
     per_image = ImageSummary(class_names)
     cells = write_csv(run, out, class_names, per_image)
     return ScreenResult(Path(out), cells, summary, run, per_image.write(summary_path_for(out)), per_image.rows())
+
+
+def task_embed_settings(spec: TaskSpec):
+    """The embedding settings the tasks will use: a model's own (crop window) for predict."""
+    if spec.command != PREDICT or not spec.model_path:
+        return spec.options.embed
+    from ..bundle import embed_settings_for, load_bundle
+    from ..embedding import EmbedSettings
+
+    return embed_settings_for(load_bundle(spec.model_path), spec.options.embed or EmbedSettings())
 
 
 def skips_of(summary: RunSummary):

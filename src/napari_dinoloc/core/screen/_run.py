@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import DinolocError
 from ..files import atomic_write, hash_file, write_json_atomic
+from ._tiles import shard_keys
 
 FORMAT_NAME = "napari-dinoloc screen run"
 FORMAT_VERSION = 1
@@ -67,7 +68,12 @@ class ScreenRun:
     # ---- shards ---------------------------------------------------------------------------------
     @property
     def keys(self) -> list[str]:
-        return [item["key"] for item in self.manifest["inputs"]]
+        """The shard keys, in input order: an image's own, or one per tile of a tiled image."""
+        return [key for item in self.manifest["inputs"] for key in shard_keys(item)]
+
+    def shards(self) -> list[tuple[str, dict]]:
+        """(shard key, the input it belongs to) of every shard, in input order."""
+        return [(key, item) for item in self.manifest["inputs"] for key in shard_keys(item)]
 
     def shard_path(self, key: str) -> Path:
         return self.folder / f"{key}.npz"

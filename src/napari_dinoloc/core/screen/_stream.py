@@ -29,6 +29,8 @@ class RunCells:
         done = check_complete(run)
         self.keys = [k for k in done if int(run.status(k).get("cells", 0)) > 0]
         self.counts = [int(run.status(k)["cells"]) for k in self.keys]
+        owner = {key: item["key"] for key, item in run.shards()}
+        self.inputs = [owner[k] for k in self.keys]  # the input (image) of each shard: a tiled image has several
         self.cells = sum(self.counts)
         if not self.cells:
             raise DinolocError(f"The run in {run.folder} has no image with cells to write.")

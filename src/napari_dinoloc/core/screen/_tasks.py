@@ -85,8 +85,6 @@ def run_image(image, spec: TaskSpec, shard: str) -> ShardResult:
     comes back as skipped with the reason; any other error is raised (Dask retries the task)."""
     from ..batch import prepare_session
     from ..cache import EmbeddingCache
-    from ..embedding import EmbedSettings
-    from ._run import write_shard
 
     notes: list = []
     result = ShardResult(image.key, notes=notes, pid=os.getpid())
@@ -95,19 +93,33 @@ def run_image(image, spec: TaskSpec, shard: str) -> ShardResult:
         options = replace(options, notify=notes.append)
         cache = EmbeddingCache(spec.cache_dir) if spec.cache_dir else None
         session = prepare_session(image.job, options, cache=cache)
-        session.set_backbone(backbone)
-        session.set_embeddings(session.compute_embeddings(options.embed or EmbedSettings()))
-        if model is not None:
-            from ..bundle import check_bundle_fits
-
-            check_bundle_fits(model.bundle, session.image.stains)
-            session.set_head(model.head)
+        embed_session(session, backbone, model, options)
     except Cancelled:
         raise
     except DinolocError as exc:
         result.skipped = str(exc)
         return result
-    result.image, result.cells = session.image.name, len(session.table)
-    result.width = int(session.embeddings.vectors.shape[1])
-    result.checksum = write_shard(Path(shard), session.image.name, session.rows(), session.embeddings)
+    return written(result, shard, session.image.name, session.rows(), session.embeddings)
+
+
+def embed_session(session, backbone, model, options) -> None:
+    """The session's cells embedded, and predicted when there is a model."""
+    from ..embedding import EmbedSettings
+
+    session.set_backbone(backbone)
+    session.set_embeddings(session.compute_embeddings(options.embed or EmbedSettings()))
+    if model is not None:
+        from ..bundle import check_bundle_fits
+
+        check_bundle_fits(model.bundle, session.image.stains)
+        session.set_head(model.head)
+
+
+def written(result: ShardResult, shard: str, image: str, rows: list, embeddings) -> ShardResult:
+    """``result`` once the shard of these rows and embeddings is written."""
+    from ._run import write_shard
+
+    result.image, result.cells = image, len(rows)
+    result.width = int(embeddings.vectors.shape[1]) if len(rows) else 0
+    result.checksum = write_shard(Path(shard), image, rows, embeddings)
     return result
