@@ -178,7 +178,10 @@ class LayerPresenter:
         event-loop turn (napari takes a while to make each), then fills them all at once."""
         if self.viewer is not None and find_layer(self.viewer, name) is None:
             below, look = FIRST_LOOK[name]
-            show_labels(self.viewer, name, np.zeros(shape, dtype), like=self._like(), below=below, **look)
+            # a direct colormap from the start, as when filled (swapping a drawn layer's colormap kind is slow)
+            colormap = outline_colormap() if name == CELLS else class_colormap([])
+            show_labels(self.viewer, name, np.zeros(shape, dtype), like=self._like(), below=below,
+                        colormap=colormap, **look)
 
     def show_cells(self) -> None:
         session, viewer = self.state.session, self.viewer

@@ -244,12 +244,12 @@ class Restorer(QObject):
         from ._layers import ANNOTATIONS, PREDICTED
 
         shape = store.labels.shape
+        # new cells clear the predictions (and their layer): that layer comes after the cells
         steps = [lambda: state.presenter.add_empty(CELLS, shape, np.int32),
-                 lambda: state.presenter.add_empty(ANNOTATIONS, shape)]
+                 lambda: state.presenter.add_empty(ANNOTATIONS, shape), lambda: self._restore_cells(store)]
         if store.predictions is not None:
-            steps.append(lambda: state.presenter.add_empty(PREDICTED, shape))
-        steps += [lambda: self._restore_cells(store), lambda: self._restore_predictions(store),
-                  lambda: self._tell(store)]
+            steps += [lambda: state.presenter.add_empty(PREDICTED, shape), lambda: self._restore_predictions(store)]
+        steps.append(lambda: self._tell(store))
         self._steps = (attempt, image, steps)
         self._step_timer.start()
 
@@ -277,9 +277,8 @@ class Restorer(QObject):
 
     def _restore_predictions(self, store) -> None:
         state = self.panel.state
-        if store.predictions is not None:
-            with state.keeper.restoring():
-                state.restore_predictions(store.predictions.predictions)
+        with state.keeper.restoring():
+            state.restore_predictions(store.predictions.predictions)
 
     def _tell(self, store) -> None:
         state, panel = self.panel.state, self.panel
