@@ -300,12 +300,9 @@ class ImagePanel(QWidget):
         return image_from_inputs(self.image_inputs())
 
     def image_inputs(self) -> tuple:
-        """What ``image_from_inputs`` makes the image of: the channels (C, Y, X), their stains, the
-        image's name and file, the layers' names and the default classes; read on the main thread,
-        so the image itself can be made in a worker (reopening).
-
-        The channels marked 'not used' are dropped; the rest is checked and scaled exactly as the
-        command line does with an image file (``core.workflows.images``)."""
+        """The channels (C, Y, X) and stains, the image's name and file, the layers' names and default
+        classes, read on the main thread: ``image_from_inputs`` (a worker may run it) makes the image,
+        the channels marked 'not used' dropped, the rest checked and scaled as the command line does."""
         stack = self._chosen_stack()
         layers = [stack] if stack is not None else self._plane_layers()
         if not layers:
