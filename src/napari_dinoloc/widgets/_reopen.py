@@ -293,13 +293,14 @@ def read_saved_analysis(inputs: tuple, project_folder):
     """Worker thread (no Qt, no napari): the image the layers make and its analysis store, or None
     when these layers do not make an image or it has no saved analysis."""
     from ..core.analysis_store import AnalysisStore, analysis_path
-    from .image_panel import image_from_inputs
+    from ..core.workflows.images import image_from_channels
 
+    data, stains, name, path, layer_names, defaults = inputs  # ImagePanel.image_inputs()
     try:
-        built = image_from_inputs(inputs)
+        image = image_from_channels(data, stains, name)
     except DinolocError:
         return None  # the layers do not make an image yet (stains unclear)
-    image, path = built[0], built[1]
+    built = (image, path, layer_names, defaults)
     where = analysis_path(image.content_hash, image.name, path, project_folder)
     if not where.exists():
         return None
