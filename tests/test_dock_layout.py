@@ -93,3 +93,31 @@ def test_any_plugin_dock_opened_later_joins_the_tabs(make_napari_viewer, qtbot):
     qtbot.wait(50)
     assert other_widget.parentWidget() not in window.tabifiedDockWidgets(main)
     wait_for_workers(qtbot)
+
+
+def test_the_main_dock_content_fits_its_width(make_napari_viewer, qtbot):
+    """At 1600 x 1000 with the sample, nothing in the main dock is cut at the right or left (no control
+    hidden past the edge, nothing scrolled sideways): every visible widget lies within the viewport."""
+    from qtpy.QtCore import QPoint
+
+    from napari_dinoloc.launch import open_viewer_with_sample
+
+    viewer = open_viewer_with_sample(run=False)
+    try:
+        main = dock_of(viewer, "DINO localization")
+        sized_window(main, qtbot)
+        scroll = main.widget().scroll
+        viewport, content = scroll.viewport(), scroll.widget()
+        qtbot.wait(200)
+        outside = []
+        for child in content.findChildren(QWidget):
+            if not child.isVisibleTo(content) or child.width() == 0:
+                continue
+            left = child.mapTo(viewport, QPoint(0, 0)).x()
+            if left < 0 or left + child.width() > viewport.width():
+                outside.append((type(child).__name__, getattr(child, "text", lambda: "")(), left, child.width()))
+        assert content.width() <= viewport.width(), (content.width(), viewport.width())
+        assert not outside, (viewport.width(), outside[:10])
+    finally:
+        wait_for_workers(qtbot)
+        viewer.close()

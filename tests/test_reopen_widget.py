@@ -31,6 +31,10 @@ def forbid_segmenting(monkeypatch) -> None:
     monkeypatch.setattr(Session, "segment", segmented_again)
 
 
+def wait_restored(qtbot, dock) -> None:
+    qtbot.waitUntil(lambda: not dock.image_panel.restorer.busy, timeout=20000)
+
+
 def annotate_two_classes(viewer, state) -> dict:
     groups = {name: cells for name, cells in cells_of_true_class(viewer, state).items()
               if name in state.annotations.class_names}
@@ -63,6 +67,8 @@ def test_a_new_dock_on_the_same_image_restores_cells_annotations_and_predictions
     notification_manager.records.clear()
     viewer2, dock2 = open_dock(make_napari_viewer, qtbot)  # the same sample, a new viewer and dock
     state2 = dock2.state
+    assert state2.session.labels is None  # restored after the layer events, not inside them
+    wait_restored(qtbot, dock2)
     assert np.array_equal(state2.session.labels, labels)
     restored = state2.session.predictions
     assert restored is not None and restored.class_names == predictions.class_names
@@ -83,6 +89,7 @@ def test_a_new_dock_on_the_same_image_restores_cells_annotations_and_predictions
     state2.annotate(unannotated, next(iter(annotations.values())))
     viewer2.close()
     viewer3, dock3 = open_dock(make_napari_viewer, qtbot)
+    wait_restored(qtbot, dock3)
     assert dock3.state.session.predictions is not None
     assert "the predictions are stale (your annotations changed since)" in dock3.image_panel.restored_note.text()
 
@@ -107,6 +114,8 @@ def test_the_same_file_opened_again_gets_its_cells_back(make_napari_viewer, qtbo
     forbid_segmenting(monkeypatch)
     viewer.layers.clear()
     viewer.open(str(path), plugin="napari")
+    assert find_layer(viewer, CELLS) is None  # restored after the layer events, not inside them
+    wait_restored(qtbot, dock)
     assert np.array_equal(dock.state.session.labels, labels)
     assert find_layer(viewer, CELLS) is not None
     assert dock.image_panel.restored_note.text().startswith(f"Restored {int(labels.max())} cells from ")

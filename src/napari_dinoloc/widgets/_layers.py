@@ -25,6 +25,10 @@ SELECTED = "selected cells"
 #: Layers the plugin makes: never offered as the user's own label image or channel.
 DERIVED_LAYERS = (ANNOTATIONS, PREDICTED, SELECTED)
 
+#: Where each class layer goes when first added (just below these layers) and how it looks then.
+FIRST_LOOK = {CELLS: ((), {"opacity": 0.5}), ANNOTATIONS: ((CELLS,), {"opacity": 1.0}),
+              PREDICTED: ((ANNOTATIONS, CELLS), {})}
+
 FIRST_FEATURES = ("index", "label", "predicted_class", "confidence", "user_label")
 
 
@@ -169,6 +173,16 @@ class LayerPresenter:
                 return layer
         return None
 
+    def add_empty(self, name: str, shape, dtype=np.uint8) -> None:
+        """Add the layer ``name`` (``FIRST_LOOK``) empty, unless it is there: reopening adds one layer per
+        event-loop turn (napari takes a while to make each), then fills them all at once."""
+        if self.viewer is not None and find_layer(self.viewer, name) is None:
+            below, look = FIRST_LOOK[name]
+            # a direct colormap from the start, as when filled (swapping a drawn layer's colormap kind is slow)
+            colormap = outline_colormap() if name == CELLS else class_colormap([])
+            show_labels(self.viewer, name, np.zeros(shape, dtype), like=self._like(), below=below,
+                        colormap=colormap, **look)
+
     def show_cells(self) -> None:
         session, viewer = self.state.session, self.viewer
         if viewer is None:
@@ -184,7 +198,7 @@ class LayerPresenter:
         self._colours = {}
         # Thin neutral outlines: class colours (annotations, predictions) stay the only colours.
         cells = show_labels(viewer, CELLS, session.labels, like=self._like(), colormap=outline_colormap(),
-                            contour=self._width, opacity=0.5)
+                            contour=self._width, **FIRST_LOOK[CELLS][1])
         if cells.contour != self._width:  # the same layer, a new image size
             cells.contour = self._width
         self.show_annotations()
@@ -197,8 +211,9 @@ class LayerPresenter:
         names, cells = store.class_names, store.annotations
         image = class_id_image(session.labels, list(cells), [names.index(name) + 1 for name in cells.values()])
         image[~self._outline] = 0  # class-coloured rims: the protein inside stays visible
-        layer = show_labels(viewer, ANNOTATIONS, image, like=self._like(), below=(CELLS,), opacity=1.0,
-                            colormap=self._colormap_if_changed(ANNOTATIONS, [c.colour for c in store.classes]))
+        colormap = self._colormap_if_changed(ANNOTATIONS, [c.colour for c in store.classes])
+        layer = show_labels(viewer, ANNOTATIONS, image, like=self._like(), below=FIRST_LOOK[ANNOTATIONS][0],
+                            colormap=colormap, **FIRST_LOOK[ANNOTATIONS][1])
         layer.features = _class_features(names)
         self._refresh_cell_features()
 
@@ -217,7 +232,7 @@ class LayerPresenter:
         image = class_id_image(session.labels, predictions.labels, values)
         if not self.display.fill:  # a rim inside the annotation rim: the protein stays visible
             image[~rim(session.labels, self._distance, 2 * self._width, 4 * self._width)] = 0
-        layer = show_labels(viewer, PREDICTED, image, like=self._like(), below=(ANNOTATIONS, CELLS),
+        layer = show_labels(viewer, PREDICTED, image, like=self._like(), below=FIRST_LOOK[PREDICTED][0],
                             colormap=self._colormap_if_changed(PREDICTED, colours))
         layer.opacity = self.display.layer_opacity
         layer.features = _class_features(names)

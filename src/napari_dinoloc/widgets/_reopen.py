@@ -2,9 +2,10 @@
 
 ``AnalysisKeeper`` (one per viewer, made by the shared state) saves the current image's cells, how
 they were found, and its predictions whenever they change. ``offer_restores(panel)`` (called by the
-main dock once every panel listens to the state) checks the image panel's layers now and whenever
+main dock once every panel listens to the state) checks the image panel's layers soon after and whenever
 the image layers change (an image opened): when they make an image saved before, it becomes the
 current image with its cells and predictions, and the panel says so instead of asking to segment.
+``Restorer`` does that in steps that keep the window responsive.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from qtpy.QtCore import QObject
 
 from ..core.errors import DinolocError
@@ -28,6 +30,7 @@ class AnalysisKeeper(QObject):
         self.state = state
         self.store = None        # core.analysis_store.AnalysisStore of the current image
         self.quiet = False      # restoring: what is being set is what the store holds
+        self.preloaded = None   # a store read already (in a worker) for the image about to be opened
         self._warned = False
         state.image_changed.connect(self.open_for_image)
         state.cells_changed.connect(self.save_cells)
@@ -45,9 +48,14 @@ class AnalysisKeeper(QObject):
     def open_for_image(self) -> None:
         from ..core.analysis_store import AnalysisStore
 
-        image = self.state.session.image
-        self.store = None if image is None else AnalysisStore.open(self.expected_path(), image.content_hash,
-                                                                   image.shape, image.name)
+        image, preloaded = self.state.session.image, self.preloaded
+        if image is None:
+            self.store = None
+        elif (preloaded is not None and preloaded.content_hash == image.content_hash
+              and preloaded.path == self.expected_path()):
+            self.store = preloaded
+        else:
+            self.store = AnalysisStore.open(self.expected_path(), image.content_hash, image.shape, image.name)
 
     @contextmanager
     def restoring(self):
@@ -96,9 +104,10 @@ class AnalysisKeeper(QObject):
 
 
 # ---- restoring -------------------------------------------------------------------------------------
-def offer_restores(panel, name_of) -> str:
-    """Restore what was saved for the image ``panel``'s layers make, now and each time image layers
-    are added or removed; a note under the panel says what came back. Returns the first message."""
+def offer_restores(panel, name_of) -> None:
+    """Restore what was saved for the image ``panel``'s layers make, soon after the dock opens and
+    each time image layers are added or removed; a note under the panel says what came back.
+    ``name_of(layer)``: the image name a layer gives (the store's file name holds it)."""
     from qtpy.QtWidgets import QLabel
 
     note = QLabel("")
@@ -108,6 +117,7 @@ def offer_restores(panel, name_of) -> str:
     panel.layout().addWidget(note)
     panel.restored_note = note
     state = panel.state
+    panel.restorer = restorer = Restorer(panel, name_of)
 
     def hide_note() -> None:  # new cells found here replace the restored ones: the note no longer applies
         try:
@@ -117,34 +127,184 @@ def offer_restores(panel, name_of) -> str:
             pass
 
     state.cells_changed.connect(hide_note)
-
-    def offer(event=None) -> str:
-        try:
-            message = restore_saved_analysis(panel, name_of)
-        except RuntimeError:  # the panel was closed
-            return ""
-        except DinolocError as exc:  # saved cells the engine refuses: say so, the user segments as before
-            notify_warning(f"The saved cells of this image were not restored: {exc}")
-            return ""
-        if message:
-            note.setText(message)
-            note.show()
-        return message
-
     events = panel.viewer.layers.events
     for event in (events.inserted, events.removed):
-        event.connect(offer, position="last")  # after the panel has listed the new layers
+        event.connect(restorer.schedule, position="last")  # after the panel has listed the new layers
 
     def forget(*_) -> None:
         try:
             for event in (events.inserted, events.removed):
-                event.disconnect(offer)
+                event.disconnect(restorer.schedule)
             state.cells_changed.disconnect(hide_note)
         except (RuntimeError, TypeError):  # the viewer (and its state) went first
             pass
 
     panel.destroyed.connect(forget)
-    return offer()
+    restorer.schedule()
+
+
+class Restorer(QObject):
+    """Restores an image's saved cells and predictions without freezing the window: never inside
+    napari's layer events (a timer starts it once the layers have settled), the image hashed and the
+    store read in a worker thread, then on the main thread one step per event-loop turn (the image,
+    each class layer, the cells, the predictions), since napari takes a while to make each layer."""
+
+    def __init__(self, panel, name_of):
+        from qtpy.QtCore import QTimer
+
+        super().__init__(panel)
+        self.panel, self.name_of = panel, name_of
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)  # after the event that added the layers, and the others of that turn
+        self._timer.timeout.connect(self._look)
+        self._step_timer = QTimer(self)
+        self._step_timer.setSingleShot(True)
+        self._step_timer.setInterval(0)
+        self._step_timer.timeout.connect(self._step)
+        self._attempt = 0       # each new set of image layers starts a new attempt; older ones stop
+        self._reading = False   # the worker reads the store
+        self._steps: tuple = (0, None, [])  # (attempt, image, steps left) of the restore under way
+
+    @property
+    def busy(self) -> bool:
+        """A restore is due or under way (tests and the benchmark wait for it)."""
+        return self._timer.isActive() or self._reading or bool(self._steps[2])
+
+    def schedule(self, event=None) -> None:
+        from napari.layers import Image
+
+        layer = getattr(event, "value", None)
+        if layer is None or isinstance(layer, Image):  # the plugin's own layers never start a restore
+            self._timer.start()
+
+    def _look(self) -> None:
+        """Main thread: is there a store for these layers? Then read it in a worker thread."""
+        try:
+            inputs = self._image_inputs()
+        except RuntimeError:  # the panel was closed
+            return
+        if inputs is None:
+            return
+        self._attempt += 1
+        attempt, folder = self._attempt, self.panel.state.project_folder
+        self._reading = self.panel.runner.run_in_background(
+            read_saved_analysis, inputs, folder, on_done=lambda found: self._found(attempt, found))
+
+    def _image_inputs(self):
+        """What the layers make the image of, when they are new and may have been analysed before."""
+        from ..core.analysis_store import may_have_saved
+
+        panel, state = self.panel, self.panel.state
+        layers = panel._image_layers()
+        key = (tuple(id(layer) for layer in layers), str(state.project_folder))
+        if key == getattr(panel, "_restore_key", None) or not layers:
+            return None
+        panel._restore_key = key  # one try per set of image layers: hashing a large image takes a moment
+        if panel.runner.busy or not any(may_have_saved(self.name_of(layer), _source_path(layer), state.project_folder)
+                                        for layer in layers):
+            return None
+        try:
+            return panel.image_inputs()
+        except DinolocError:
+            return None  # the layers do not make an image yet (a channel still loading, stains unclear)
+
+    def _current(self, attempt: int) -> bool:
+        """Still the latest attempt, and the dock still open."""
+        try:
+            return attempt == self._attempt and not self.panel.runner.closed
+        except RuntimeError:
+            return False
+
+    def _found(self, attempt: int, found) -> None:
+        """Main thread, first turn: the image becomes current; the class layers follow, one per turn."""
+        if attempt == self._attempt:
+            self._reading = False
+        if found is None or not self._current(attempt):
+            return
+        built, store = found
+        panel, state = self.panel, self.panel.state
+        image, current = built[0], state.session
+        if (current.image is not None and current.image.content_hash == image.content_hash
+                and current.labels is not None and find_layer(panel.viewer, CELLS) is not None):
+            return  # this image and its cells are on show already
+        try:
+            state.keeper.preloaded = store  # read already: opening the image does not read it again
+            panel.apply_image(built)
+        except DinolocError as exc:
+            notify_warning(f"The saved cells of this image were not restored: {exc}")
+            return
+        finally:
+            state.keeper.preloaded = None
+        image, store = state.session.image, state.keeper.store  # the image current before, when it is the same
+        for note in store.notes:
+            notify_warning(note)
+        if store.labels is None:
+            return
+        from ._layers import ANNOTATIONS, PREDICTED
+
+        shape = store.labels.shape
+        # new cells clear the predictions (and their layer): that layer comes after the cells
+        steps = [lambda: state.presenter.add_empty(CELLS, shape, np.int32),
+                 lambda: state.presenter.add_empty(ANNOTATIONS, shape), lambda: self._restore_cells(store)]
+        if store.predictions is not None:
+            steps += [lambda: state.presenter.add_empty(PREDICTED, shape), lambda: self._restore_predictions(store)]
+        steps.append(lambda: self._tell(store))
+        self._steps = (attempt, image, steps)
+        self._step_timer.start()
+
+    def _step(self) -> None:
+        """One step of the restore, then the next in the next event-loop turn."""
+        attempt, image, steps = self._steps
+        if not self._current(attempt) or self.panel.state.session.image is not image:
+            self._steps = (0, None, [])  # other layers, another image, or the dock closed: stop here
+            return
+        try:
+            steps.pop(0)()
+        except DinolocError as exc:  # saved cells the engine refuses: say so, the user segments as before
+            notify_warning(f"The saved cells of this image were not restored: {exc}")
+            steps.clear()
+        except Exception:
+            steps.clear()  # stop here; napari reports the error as any other
+            raise
+        if steps:
+            self._step_timer.start()
+
+    def _restore_cells(self, store) -> None:
+        state = self.panel.state
+        with state.keeper.restoring():
+            state.use_labels(store.labels, origin=store.settings)
+
+    def _restore_predictions(self, store) -> None:
+        state = self.panel.state
+        with state.keeper.restoring():
+            state.restore_predictions(store.predictions.predictions)
+
+    def _tell(self, store) -> None:
+        state, panel = self.panel.state, self.panel
+        show_segmentation_settings(panel, store.settings)
+        message = store.summary(state.annotations.annotations if state.annotations is not None else {})
+        notify_info(message)
+        panel.restored_note.setText(message)
+        panel.restored_note.show()
+
+
+def read_saved_analysis(inputs: tuple, project_folder):
+    """Worker thread (no Qt, no napari): the image the layers make and its analysis store, or None
+    when these layers do not make an image or it has no saved analysis."""
+    from ..core.analysis_store import AnalysisStore, analysis_path
+    from ..core.workflows.images import image_from_channels
+
+    data, stains, name, path, layer_names, defaults = inputs  # ImagePanel.image_inputs()
+    try:
+        image = image_from_channels(data, stains, name)
+    except DinolocError:
+        return None  # the layers do not make an image yet (stains unclear)
+    built = (image, path, layer_names, defaults)
+    where = analysis_path(image.content_hash, image.name, path, project_folder)
+    if not where.exists():
+        return None
+    return built, AnalysisStore.open(where, image.content_hash, image.shape, image.name)
 
 
 def segmentation_origin(params, found) -> dict:
@@ -165,53 +325,6 @@ def show_segmentation_settings(panel, settings) -> None:
     panel.cell_stain.setCurrentText(chosen.get("cytoplasm_stain") or "auto")
     panel.keep_border.setChecked(bool(chosen.get("keep_border_cells")))
     panel.segmenter.setCurrentText(chosen.get("segmenter") or "builtin")
-
-
-def restore_saved_analysis(panel, name_of) -> str:
-    """If the image ``panel``'s layers make was analysed before, make it current with its saved cells
-    and predictions; returns what was restored ('' when nothing was). ``name_of(layer)``: the image
-    name a layer gives (the store's file name holds it)."""
-    from ..core.analysis_store import analysis_path, may_have_saved
-
-    state = panel.state
-    layers = panel._image_layers()
-    key = (tuple(id(layer) for layer in layers), str(state.project_folder))
-    if key == getattr(panel, "_restore_key", None) or not layers:
-        return ""
-    panel._restore_key = key  # one try per set of image layers: hashing a large image takes a moment
-    if panel.runner.busy or not any(may_have_saved(name_of(layer), _source_path(layer), state.project_folder)
-                                    for layer in layers):
-        return ""
-    try:
-        built = panel.build_image()
-    except DinolocError:
-        return ""  # the layers do not make an image yet (a channel still loading, stains unclear)
-    image, path = built[0], built[1]
-    current = state.session
-    if (current.image is not None and current.image.content_hash == image.content_hash and current.labels is not None
-            and find_layer(panel.viewer, CELLS) is not None):
-        return ""  # this image and its cells are on show already
-    if not analysis_path(image.content_hash, image.name, path, state.project_folder).exists():
-        return ""
-    panel.apply_image(built)
-    return _restore_cells_and_predictions(state, panel)
-
-
-def _restore_cells_and_predictions(state, panel) -> str:
-    keeper = state.keeper
-    store = keeper.store
-    for note in store.notes:
-        notify_warning(note)
-    if store.labels is None:
-        return ""
-    with keeper.restoring():
-        state.use_labels(store.labels, origin=store.settings)
-        if store.predictions is not None:
-            state.restore_predictions(store.predictions.predictions)
-    show_segmentation_settings(panel, store.settings)
-    message = store.summary(state.annotations.annotations if state.annotations is not None else {})
-    notify_info(message)
-    return message
 
 
 def _source_path(layer) -> Optional[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QFrame, QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
 from ..core import defaults
@@ -71,8 +71,9 @@ class DinolocWidget(QWidget):
         self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.scroll.setWidget(steps)
-        # Wide enough for the steps and the scroll bar: nothing is ever cut off at the right.
-        self.scroll.setMinimumWidth(steps.sizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width())
+        # Wide enough for the steps and the scroll bar, also when a panel grows later (a table, a row of
+        # buttons): nothing is ever cut off at the right.
+        self._fit_width = _FitWidth(self.scroll)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.scroll, 1)
@@ -87,3 +88,27 @@ class DinolocWidget(QWidget):
         report fit the same kind of head, so their numbers describe the classifier in use."""
         kind = self.predict_panel.head.currentData()
         return defaults.HEAD if kind == BUNDLE else kind
+
+
+class _FitWidth(QObject):
+    """Keeps a scroll area as wide as its content needs, now and whenever the content's layout changes."""
+
+    def __init__(self, scroll: QScrollArea):
+        super().__init__(scroll)
+        self.scroll = scroll
+        scroll.widget().installEventFilter(self)
+        scroll.verticalScrollBar().installEventFilter(self)
+        self.fit()
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+            self.fit()
+        return False
+
+    def fit(self) -> None:
+        content = self.scroll.widget()
+        needed = max(content.sizeHint().width(), content.minimumSizeHint().width())
+        bar = self.scroll.verticalScrollBar()  # its style sheet may make it wider than its size hint
+        needed += max(bar.sizeHint().width(), bar.width() if bar.isVisible() else 0) + 2 * self.scroll.frameWidth()
+        if needed > self.scroll.minimumWidth():  # only ever wider: the dock does not jump back and forth
+            self.scroll.setMinimumWidth(needed)

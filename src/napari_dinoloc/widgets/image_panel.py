@@ -73,6 +73,14 @@ def layer_image_name(layer) -> str:
     return Path(path).stem if path else layer.name
 
 
+def image_from_inputs(inputs: tuple):
+    """(CellImage, file, layer names, default classes) from ``ImagePanel.image_inputs()``; no Qt here."""
+    from ..core.workflows.images import image_from_channels
+
+    data, stains, name, path, layer_names, defaults = inputs
+    return image_from_channels(data, stains, name), path, layer_names, defaults
+
+
 def stack_layers(layers: Sequence) -> np.ndarray:
     """2-D layers -> (C, Y, X); they must have the same size."""
     shapes = {tuple(layer.data.shape) for layer in layers}
@@ -288,12 +296,13 @@ class ImagePanel(QWidget):
             box.setCurrentText(stain)
 
     def build_image(self):
-        """The CellImage the controls describe, plus its file and layers (main thread: it is quick).
+        """The CellImage the controls describe, plus its file and layers (main thread: it is quick)."""
+        return image_from_inputs(self.image_inputs())
 
-        The channels marked 'not used' are dropped; the rest is checked and scaled exactly as the
-        command line does with an image file (``core.workflows.images``)."""
-        from ..core.workflows.images import image_from_channels
-
+    def image_inputs(self) -> tuple:
+        """The channels (C, Y, X) and stains, the image's name and file, the layers' names and default
+        classes, read on the main thread: ``image_from_inputs`` (a worker may run it) makes the image,
+        the channels marked 'not used' dropped, the rest checked and scaled as the command line does."""
         stack = self._chosen_stack()
         layers = [stack] if stack is not None else self._plane_layers()
         if not layers:
@@ -308,10 +317,10 @@ class ImagePanel(QWidget):
             data = stack_layers(layers)
             stains = [stain for stain in stains if stain != NOT_USED] or stains
             main = layers[stains.index(PROTEIN)] if PROTEIN in stains else layers[0]
-        image = image_from_channels(data, stains, layer_image_name(main))
         path = getattr(getattr(main, "source", None), "path", None)
         defaults = (main.metadata or {}).get("dinoloc_class_names", ())
-        return image, (str(path) if path else None), [layer.name for layer in layers], list(defaults)
+        names = [layer.name for layer in layers]
+        return data, stains, layer_image_name(main), (str(path) if path else None), names, list(defaults)
 
     def apply_image(self, built=None) -> None:  # built: what build_image gave already
         image, path, layer_names, defaults = built or self.build_image()
