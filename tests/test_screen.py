@@ -270,3 +270,19 @@ def test_a_screen_run_writes_the_per_image_summary_and_anndata_of_the_merged_cel
         summary = list(csv.DictReader(handle))
     assert sorted(r["image"] for r in summary) == sorted({r["image"] for r in rows}) and len(summary) == FIELDS
     assert sum(int(r["cells"]) for r in summary) == len(rows)
+
+
+def test_a_walked_folder_of_hpa_per_stain_files_is_screened_as_one_image_per_field(tmp_path):
+    import imageio.v3 as iio
+
+    folder = tmp_path / "plate" / "well"
+    folder.mkdir(parents=True)
+    made = make_field(seed=4, shape=(256, 256)).image  # 16-bit PNGs
+    # the protein stands in for the cell stains (microtubules, ER): noise there would be segmented as cells
+    for colour, plane in (("blue", made[0]), ("green", made[1]), ("red", made[1]), ("yellow", made[1])):
+        iio.imwrite(folder / f"10_A1_1_{colour}.png", plane)
+    out = tmp_path / "cells.npz"
+    # a folder walked for a screen (the per-stain files grouped as one field): it crashed ('unhashable list')
+    assert main(["embed", str(tmp_path / "plate"), "--out", str(out), "--no-cache", "--backbone", "random-tiny"]) == 0
+    saved = load_embeddings(out)
+    assert set(saved["image"]) == {"10_A1_1"} and len(saved["label"]) > 5

@@ -15,6 +15,7 @@ from napari_dinoloc.core import screen
 from napari_dinoloc.core.batch import RunOptions
 from napari_dinoloc.core.embedding import EmbedSettings
 from napari_dinoloc.core.embedding_files import load_embeddings
+from napari_dinoloc.core.errors import DinolocError
 from napari_dinoloc.core.synthetic import make_field
 from napari_dinoloc.core.table import read_table
 
@@ -217,3 +218,13 @@ def test_an_image_with_a_skipped_tile_is_left_out_whole_not_half_merged(tiled):
         assert screen.check_complete(run) == []  # none of the other 8 tiles' cells
     finally:
         run.manifest["shards"] = shards
+
+
+def test_tiles_stay_inside_the_image_and_a_tile_too_small_for_its_overlap_is_refused():
+    for shape, tile, overlap in (((1728, 1728), 1200, 590), ((1000, 700), 384, 116), ((5000, 300), 700, 350)):
+        for t in screen.tile_layout(shape, tile, overlap):
+            assert 0 <= t.top < t.bottom <= shape[0] and 0 <= t.left < t.right <= shape[1]
+            assert t.bottom - t.top <= tile and t.right - t.left <= tile
+    # measured on the real HPA field: cells up to 295 px, so a 768-px tile made 100 tiles reaching outside it
+    with pytest.raises(DinolocError, match="at least 1180"):
+        screen.tile_layout((1728, 1728), 768, 590)

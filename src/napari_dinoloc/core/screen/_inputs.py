@@ -68,7 +68,8 @@ def screen_inputs(paths: Sequence[Path], labels: Sequence[Path] = (), channels=N
     jobs = image_jobs(files, labels)
     if not labels:  # only walked folders: a file given by name is segmented, as today
         for job in jobs:
-            job.labels = _labels_beside(job.source) if job.source in walked else None
+            grouped = isinstance(job.source, (list, tuple))  # per-stain files: no label image beside them
+            job.labels = None if grouped or job.source not in walked else _labels_beside(job.source)
     return ScreenInputs([ScreenImage(image_key(job), job) for job in jobs])
 
 
@@ -87,8 +88,6 @@ def walk_folder(folder: Path) -> list[Path]:
 
 
 def _labels_beside(source) -> Optional[Path]:
-    if isinstance(source, (list, tuple)):
-        return None
     source = Path(source)
     candidate = source.with_name(f"{source.stem}{LABELS_SUFFIX}{source.suffix}")
     return candidate if source.is_file() and candidate.is_file() else None

@@ -62,7 +62,7 @@ def overlap_for(cell_diameter: float, crop_reach: float = 0.0) -> int:
 def tile_layout(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
     """The tiles of an image of ``shape`` (Y, X): none larger than ``tile`` on a side, one tile along an
     axis the image does not exceed."""
-    if tile <= overlap:
+    if tile < 2 * overlap:  # smaller: cores thinner than the overlap, most of each tile's work thrown away
         raise DinolocError(f"Tiles of {tile} px cannot hold their overlap of {overlap} px (twice the largest cell, "
                            f"for whole cells): give a larger --tile (at least {2 * overlap}), or --tile 0 to never tile.")
     ys, xs = (_cores(int(n), tile, overlap) for n in shape)
@@ -70,8 +70,8 @@ def tile_layout(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
     tiles = []
     for (ct, cb) in ys:
         for (cl, cr) in xs:
-            top = ct - half if ct > 0 else 0
-            left = cl - half if cl > 0 else 0
+            top = max(ct - half, 0) if ct > 0 else 0  # a core near the edge: the tile reaches the edge
+            left = max(cl - half, 0) if cl > 0 else 0
             bottom = min(cb + half, shape[0]) if cb < shape[0] else cb
             right = min(cr + half, shape[1]) if cr < shape[1] else cr
             tiles.append(Tile(len(tiles), top, bottom, left, right, (ct, cb, cl, cr)))
