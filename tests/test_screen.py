@@ -286,3 +286,12 @@ def test_a_walked_folder_of_hpa_per_stain_files_is_screened_as_one_image_per_fie
     assert main(["embed", str(tmp_path / "plate"), "--out", str(out), "--no-cache", "--backbone", "random-tiny"]) == 0
     saved = load_embeddings(out)
     assert set(saved["image"]) == {"10_A1_1"} and len(saved["label"]) > 5
+
+
+def test_a_misspelt_channel_assignment_is_refused_before_any_image_is_computed(fields, tmp_path, capsys):
+    out = tmp_path / "cells.npz"
+    assert main(["embed", *map(str, fields[:2]), "--workers", "1", "--out", str(out), "--no-cache",
+                 "--backbone", "random-tiny", "--channels", "nucleus=0,cytoplasm=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("Cannot read the channel assignment 'cytoplasm=1'") == 1  # once, not once per image
+    assert "Images:" not in err and not (tmp_path / "cells.npz.shards").exists()

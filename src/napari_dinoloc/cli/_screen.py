@@ -35,6 +35,10 @@ def cmd_screen(args, command: str, run_options, given_backbone, store, extra=Non
                            "model.dinoloc), then give --model instead of --annotations.")
     if args.workers is not None and args.scheduler:
         raise DinolocError("Give either --workers (a cluster on this machine) or --scheduler (an existing one), not both.")
+    if isinstance(run_options.stains, str):
+        from ..core.stains import check_channel_spec
+
+        check_channel_spec(run_options.stains)  # once, before the images: not once per image after them all
     inputs = screen.screen_inputs(args.images, args.labels, args.channels)
     if inputs.stains is not None:
         run_options = replace(run_options, stains=inputs.stains)

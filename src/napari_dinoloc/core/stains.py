@@ -54,6 +54,13 @@ def parse_channel_spec(spec: str, n_channels: int) -> tuple[str, ...]:
     return tuple(stains)
 
 
+def check_channel_spec(spec: str) -> None:
+    """Refuse a misspelt ``--channels`` before any image is read (a screen would report it for every image)."""
+    indices = [p.partition("=")[2].strip() for p in spec.split(",") if p.strip()]
+    largest = max((int(i) for i in indices if i.lstrip("-").isdigit()), default=0)
+    parse_channel_spec(spec, max(largest, 0) + 1)
+
+
 def validate_stains(stains: Sequence[str], n_channels: int, need_protein: bool = True) -> tuple[str, ...]:
     stains = tuple(s.lower() for s in stains)
     if len(stains) != n_channels:
