@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ._canvas import remove_layer_safely
 from ._prediction_layers import (
     PredictionDisplay, edge_distance, outline_width, prediction_values, remove_unfamiliar, rim, show_unfamiliar,
 )
@@ -142,7 +143,7 @@ def camera_of(viewer):
 def remove_layer(viewer, name: str) -> None:
     layer = find_layer(viewer, name)
     if layer is not None:
-        viewer.layers.remove(layer)
+        remove_layer_safely(viewer, layer)
 
 
 # ---- the presenter ---------------------------------------------------------------------------------

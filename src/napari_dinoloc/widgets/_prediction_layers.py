@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._canvas import remove_layer_safely
+
 UNFAMILIAR = "unfamiliar cells"
 CLASS, CONFIDENCE = "class", "confidence"
 FILL_OPACITY = 0.45
@@ -94,7 +96,7 @@ def show_unfamiliar(viewer, session, like=None) -> None:
     layer = find_points(viewer, UNFAMILIAR)
     if len(points) == 0:
         if layer is not None:
-            viewer.layers.remove(layer)
+            remove_layer_safely(viewer, layer)
         return
     if layer is not None:
         layer.data = points
@@ -108,4 +110,4 @@ def show_unfamiliar(viewer, session, like=None) -> None:
 def remove_unfamiliar(viewer) -> None:
     layer = find_points(viewer, UNFAMILIAR)
     if layer is not None:
-        viewer.layers.remove(layer)
+        remove_layer_safely(viewer, layer)

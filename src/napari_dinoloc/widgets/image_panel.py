@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
 from ..core.errors import DinolocError
 from ..core.stains import NUCLEUS, OTHER, PROTEIN, STAINS, conventional_stains
 from ..core.workflows.images import NOT_USED
+from ._canvas import remove_layer_safely
 from ._layers import CELLS, DERIVED_LAYERS
 from .crops_input import choose_crop_stack, choose_crops
 from ._reopen import segmentation_origin
@@ -378,7 +379,7 @@ class ImagePanel(QWidget):
         centre = tuple(self.viewer.camera.center)[-2:]
         found, (top, left) = segment_region(image, self.segmentation_params(), centre)
         if PREVIEW in self.viewer.layers:
-            self.viewer.layers.remove(PREVIEW)
+            remove_layer_safely(self.viewer, PREVIEW)
         self.viewer.add_labels(found.cells, name=PREVIEW, translate=(top, left), opacity=0.5)
         notify_info(f"Preview: {int(found.cells.max())} cells in the window. " + " ".join(found.notes))
         return found

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ._canvas import remove_layer_safely
 from ._workers import notify_info, reports_errors
 
 PCA_LAYER = "patch colours (PCA)"
@@ -138,4 +139,4 @@ class PatchMapPanel(QWidget):
     def _remove(self, name: str) -> None:
         viewer = self.viewer
         if viewer is not None and name in viewer.layers:
-            viewer.layers.remove(name)
+            remove_layer_safely(viewer, name)
