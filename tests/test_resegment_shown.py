@@ -20,8 +20,7 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(autouse=True)
-def private_folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_DINOLOC_HOME", str(tmp_path / "home"))
+def private_cache(tmp_path, monkeypatch):  # the home folder is conftest's private_home
     monkeypatch.setenv("DINOLOC_CACHE_DIR", str(tmp_path / "cache"))
 
 

@@ -289,18 +289,25 @@ class Restorer(QObject):
         panel.restored_note.show()
 
 
+def image_from_inputs(inputs: tuple):
+    """(CellImage, file, layer names, default classes) from ``ImagePanel.image_inputs()``; no Qt here, so
+    the restore's worker thread makes the image as the panel does."""
+    from ..core.workflows.images import image_from_channels
+
+    data, stains, name, path, layer_names, defaults = inputs
+    return image_from_channels(data, stains, name), path, layer_names, defaults
+
+
 def read_saved_analysis(inputs: tuple, project_folder):
     """Worker thread (no Qt, no napari): the image the layers make and its analysis store, or None
     when these layers do not make an image or it has no saved analysis."""
     from ..core.analysis_store import AnalysisStore, analysis_path
-    from ..core.workflows.images import image_from_channels
 
-    data, stains, name, path, layer_names, defaults = inputs  # ImagePanel.image_inputs()
     try:
-        image = image_from_channels(data, stains, name)
+        built = image_from_inputs(inputs)  # inputs: ImagePanel.image_inputs()
     except DinolocError:
         return None  # the layers do not make an image yet (stains unclear)
-    built = (image, path, layer_names, defaults)
+    image, path = built[0], built[1]
     where = analysis_path(image.content_hash, image.name, path, project_folder)
     if not where.exists():
         return None

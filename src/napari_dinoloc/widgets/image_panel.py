@@ -18,7 +18,7 @@ from ..core.workflows.images import NOT_USED
 from ._canvas import remove_layer_safely
 from ._layers import CELLS, DERIVED_LAYERS
 from .crops_input import choose_crop_stack, choose_crops
-from ._reopen import segmentation_origin
+from ._reopen import image_from_inputs, segmentation_origin
 from ._workers import notify_info, notify_warning, reports_errors
 
 SEPARATE_LAYERS = "Separate layers, one per stain"
@@ -72,14 +72,6 @@ def layer_image_name(layer) -> str:
         return str(metadata["dinoloc_image_name"])
     path = getattr(getattr(layer, "source", None), "path", None)
     return Path(path).stem if path else layer.name
-
-
-def image_from_inputs(inputs: tuple):
-    """(CellImage, file, layer names, default classes) from ``ImagePanel.image_inputs()``; no Qt here."""
-    from ..core.workflows.images import image_from_channels
-
-    data, stains, name, path, layer_names, defaults = inputs
-    return image_from_channels(data, stains, name), path, layer_names, defaults
 
 
 def stack_layers(layers: Sequence) -> np.ndarray:
@@ -302,7 +294,7 @@ class ImagePanel(QWidget):
 
     def image_inputs(self) -> tuple:
         """The channels (C, Y, X) and stains, the image's name and file, the layers' names and default
-        classes, read on the main thread: ``image_from_inputs`` (a worker may run it) makes the image,
+        classes, read on the main thread: ``_reopen.image_from_inputs`` (a worker may run it) makes the image,
         the channels marked 'not used' dropped, the rest checked and scaled as the command line does."""
         stack = self._chosen_stack()
         layers = [stack] if stack is not None else self._plane_layers()

@@ -26,8 +26,8 @@ class RunCells:
 
     def __init__(self, run: ScreenRun):
         self.run = run
-        done = check_complete(run)
-        self.keys = [k for k in done if int(run.status(k).get("cells", 0)) > 0]
+        self.done = check_complete(run)  # hashes every shard: once
+        self.keys = [k for k in self.done if int(run.status(k).get("cells", 0)) > 0]
         self.counts = [int(run.status(k)["cells"]) for k in self.keys]
         owner = {key: item["key"] for key, item in run.shards()}
         self.inputs = [owner[k] for k in self.keys]  # the input (image) of each shard: a tiled image has several
@@ -61,7 +61,7 @@ class RunCells:
             offset += count
 
     def signatures(self) -> list:
-        return [read_shard(self.run.shard_path(k), ("signature",))["signature"] for k in check_complete(self.run)]
+        return [read_shard(self.run.shard_path(k), ("signature",))["signature"] for k in self.done]
 
 
 # ---- Parquet: one file per image, in the partition folders write_parquet makes -------------------

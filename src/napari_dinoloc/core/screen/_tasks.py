@@ -84,15 +84,13 @@ def run_image(image, spec: TaskSpec, shard: str) -> ShardResult:
     """Embed (and predict) one ``ScreenImage``; write its shard at ``shard``. An image that cannot be used
     comes back as skipped with the reason; any other error is raised (Dask retries the task)."""
     from ..batch import prepare_session
-    from ..cache import EmbeddingCache
 
     notes: list = []
     result = ShardResult(image.key, notes=notes, pid=os.getpid())
     try:
         backbone, model, options = loaded_model(spec)
         options = replace(options, notify=notes.append)
-        cache = EmbeddingCache(spec.cache_dir) if spec.cache_dir else None
-        session = prepare_session(image.job, options, cache=cache)
+        session = prepare_session(image.job, options, cache=task_cache(spec))
         embed_session(session, backbone, model, options)
     except Cancelled:
         raise
@@ -100,6 +98,13 @@ def run_image(image, spec: TaskSpec, shard: str) -> ShardResult:
         result.skipped = str(exc)
         return result
     return written(result, shard, session.image.name, session.rows(), session.embeddings)
+
+
+def task_cache(spec: TaskSpec):
+    """The embedding cache the tasks share, or None (``--no-cache``)."""
+    from ..cache import EmbeddingCache
+
+    return EmbeddingCache(spec.cache_dir) if spec.cache_dir else None
 
 
 def embed_session(session, backbone, model, options) -> None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import Cancelled, DinolocError, NoCellsFound
-from ._tasks import ShardResult, TaskSpec, embed_session, loaded_model, written
+from ._tasks import ShardResult, TaskSpec, embed_session, loaded_model, task_cache, written
 from ._tiles import owned_cells, to_image
 
 
@@ -18,7 +18,6 @@ def run_tile(task, spec: TaskSpec, shard: str) -> ShardResult:
     """``task``: an ``ImageTile``. A tile without cells of its own writes an empty shard (the image is not
     skipped for it); a problem with the image itself comes back as skipped, as for a whole image."""
     from ..batch import tell
-    from ..cache import EmbeddingCache
     from ..embedding import Embeddings
     from ..pipeline import Session
 
@@ -33,7 +32,7 @@ def run_tile(task, spec: TaskSpec, shard: str) -> ShardResult:
         if cells is None:
             empty = Embeddings(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), {})
             return written(result, shard, image.name, [], empty)
-        session = Session(cache=EmbeddingCache(spec.cache_dir) if spec.cache_dir else None)
+        session = Session(cache=task_cache(spec))
         session.set_image(image)
         session.set_labels(cells)
         embed_session(session, backbone, model, options)
